@@ -1,0 +1,172 @@
+//! `nextsync admin user create|list|disable|enable|delete|set-password`: account chores for
+//! operators, straight on the store (the server may be running; both see the same rows).
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use nextsync_core::account::{Email, check_new_password};
+use nextsync_core::ids::UserId;
+use nextsync_core::secret::Secret;
+use nextsync_core::time::Timestamp;
+use nextsync_server::auth::password::Passwords;
+use nextsync_server::config::Config;
+use nextsync_store::accounts::NewUser;
+use nextsync_store::{Store, StoreError};
+use std::io::BufRead;
+
+#[derive(Debug, Subcommand)]
+pub enum AdminCommand {
+    /// Manage accounts.
+    #[command(subcommand)]
+    User(UserCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum UserCommand {
+    /// Create an account. Without --password-stdin a strong password is generated and printed.
+    Create {
+        email: String,
+        /// Read the password from the first line of standard input.
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// List accounts.
+    List,
+    /// Disable an account: its devices stop working at once and it cannot sign in.
+    Disable { email: String },
+    /// Enable a disabled account again.
+    Enable { email: String },
+    /// Delete an account and all of its data.
+    Delete {
+        email: String,
+        /// Confirm the deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Set a new password and sign out every device of the account.
+    SetPassword {
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+}
+
+pub async fn run(config: Config, command: AdminCommand) -> anyhow::Result<()> {
+    nextsync_server::secrets::ensure_data_dir(&config.data_dir)?;
+    let store = nextsync_server::state::open_store(&config).await?;
+    let AdminCommand::User(command) = command;
+    match command {
+        UserCommand::Create {
+            email,
+            password_stdin,
+        } => {
+            let email = Email::parse(&email)?;
+            let (password, generated) = new_password(password_stdin, &email)?;
+            let password_hash = hash(&password).await?;
+            let user = NewUser {
+                id: UserId::new(),
+                email,
+                password_hash,
+                created_at: Timestamp::now(),
+            };
+            match store.create_user(&user, None).await {
+                Err(StoreError::Conflict { .. }) => {
+                    bail!("an account with email {} already exists", user.email)
+                }
+                other => other?,
+            }
+            println!("created {} ({})", user.email, user.id);
+            if generated {
+                println!("password: {}", password.expose());
+            }
+        }
+        UserCommand::List => {
+            println!(
+                "{:<36}  {:<32}  {:<24}  {:<8}  devices",
+                "user_id", "email", "created_at", "status"
+            );
+            for user in store.list_users().await? {
+                let status = if user.disabled_at.is_some() {
+                    "disabled"
+                } else {
+                    "active"
+                };
+                println!(
+                    "{:<36}  {:<32}  {:<24}  {:<8}  {}",
+                    user.id, user.email, user.created_at, status, user.active_devices
+                );
+            }
+        }
+        UserCommand::Disable { email } => {
+            let user = find(&*store, &email).await?;
+            store.set_user_disabled(user, Some(Timestamp::now())).await?;
+            println!("disabled {email}");
+        }
+        UserCommand::Enable { email } => {
+            let user = find(&*store, &email).await?;
+            store.set_user_disabled(user, None).await?;
+            println!("enabled {email}");
+        }
+        UserCommand::Delete { email, yes } => {
+            let user = find(&*store, &email).await?;
+            if !yes {
+                bail!("this deletes {email} and all of its data; repeat with --yes to confirm");
+            }
+            store.delete_user(user).await?;
+            println!("deleted {email}");
+        }
+        UserCommand::SetPassword {
+            email,
+            password_stdin,
+        } => {
+            let parsed = Email::parse(&email)?;
+            let user = find(&*store, &email).await?;
+            let (password, generated) = new_password(password_stdin, &parsed)?;
+            let password_hash = hash(&password).await?;
+            store
+                .set_password(user, &password_hash, None, Timestamp::now())
+                .await?;
+            println!("password of {email} changed; every device signed out");
+            if generated {
+                println!("password: {}", password.expose());
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn find(store: &dyn Store, email: &str) -> anyhow::Result<UserId> {
+    let email = Email::parse(email)?;
+    match store.user_by_email(&email).await? {
+        Some(user) => Ok(user.id),
+        None => bail!("no account with email {email}"),
+    }
+}
+
+async fn hash(password: &Secret) -> anyhow::Result<Secret> {
+    let passwords = Passwords::new()?;
+    passwords
+        .hash(password)
+        .await
+        .map_err(|e| anyhow::anyhow!("hashing the password: {e:?}"))
+}
+
+/// The password from stdin (checked against the policy), or a generated one.
+fn new_password(from_stdin: bool, email: &Email) -> anyhow::Result<(Secret, bool)> {
+    if from_stdin {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .context("reading the password from stdin")?;
+        let password = line.trim_end_matches(['\r', '\n']).to_owned();
+        check_new_password(&password, Some(email))?;
+        return Ok((Secret::new(password), false));
+    }
+    let mut random = [0u8; 15];
+    getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    use base64::Engine;
+    Ok((
+        Secret::new(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(random)),
+        true,
+    ))
+}

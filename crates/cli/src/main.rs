@@ -1,0 +1,138 @@
+//! `nextsync`: the server (`serve`), its schema (`migrate`) and operator tasks (`admin`).
+//!
+//! - [`settings`]: flags, `NEXTSYNC_…` variables and the TOML file, merged into one config.
+//! - [`admin`]: `nextsync admin user …`, working on the same store as the server.
+
+mod admin;
+mod settings;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use settings::Settings;
+use std::path::PathBuf;
+use tracing_subscriber::EnvFilter;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "nextsync",
+    version,
+    about = "Self-hosted cross-device sync for AI chat clients"
+)]
+struct Cli {
+    /// TOML config file; its keys are the flag names with `_` for `-`.
+    #[arg(long, global = true, env = "NEXTSYNC_CONFIG", value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Log format.
+    #[arg(
+        long,
+        global = true,
+        env = "NEXTSYNC_LOG_FORMAT",
+        default_value = "text",
+        value_name = "text|json"
+    )]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server (embedded SQLite in ./nextsync-data unless --database-url is given).
+    Serve {
+        #[command(flatten)]
+        settings: Settings,
+        /// Print the effective configuration (secrets redacted) and exit.
+        #[arg(long)]
+        print_config: bool,
+    },
+    /// Bring the database schema up to date, then exit.
+    Migrate {
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Operator tasks on the same store the server uses.
+    Admin {
+        #[command(flatten)]
+        settings: Settings,
+        #[command(subcommand)]
+        command: admin::AdminCommand,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    // One TLS crypto provider for the whole process (rustls, sqlx, lettre); must come first.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(run(cli))
+}
+
+async fn run(cli: Cli) -> anyhow::Result<()> {
+    let file = match &cli.config {
+        Some(path) => Settings::from_file(path)?,
+        None => Settings::default(),
+    };
+    match cli.command {
+        Command::Serve {
+            settings,
+            print_config,
+        } => {
+            let config = settings.over(file).resolve()?;
+            if print_config {
+                print!(
+                    "{}",
+                    toml::to_string_pretty(&config).context("rendering the config")?
+                );
+                return Ok(());
+            }
+            let bind = config.bind;
+            let state = nextsync_server::AppState::open(config).await?;
+            let listener = tokio::net::TcpListener::bind(bind)
+                .await
+                .with_context(|| format!("binding {bind}"))?;
+            let scheme = if state.config.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            };
+            tracing::info!(
+                address = %listener.local_addr()?,
+                store = state.store.backend(),
+                "nextsync is listening on {scheme}://{}",
+                listener.local_addr()?
+            );
+            nextsync_server::serve(listener, state, nextsync_server::shutdown_signal()).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Migrate { settings } => {
+            let config = settings.over(file).resolve()?;
+            nextsync_server::secrets::ensure_data_dir(&config.data_dir)?;
+            let store = nextsync_server::state::open_store(&config).await?;
+            println!("{} schema is up to date", store.backend());
+            Ok(())
+        }
+        Command::Admin { settings, command } => {
+            let config = settings.over(file).resolve()?;
+            admin::run(config, command).await
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("NEXTSYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}

@@ -1,0 +1,13 @@
+//! nextsync's pure domain: the types every other crate speaks, with no I/O and no async.
+//!
+//! - [`ids`]: newtypes for every identifier that crosses a crate border.
+//! - [`time`]: the one timestamp type, stored as Unix milliseconds, shown as RFC 3339.
+//! - [`account`]: email and password rules for accounts.
+//! - [`secret`]: a string whose `Debug` never shows it.
+//! - [`api`]: JSON bodies of the `/v1` wire protocol (the OpenAPI document is derived from them).
+
+pub mod account;
+pub mod api;
+pub mod ids;
+pub mod secret;
+pub mod time;

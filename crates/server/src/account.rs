@@ -1,0 +1,199 @@
+//! The signed-in user's own account: `/v1/me`, `/v1/devices`, `/v1/app-passwords`.
+//! Every query is scoped by the [`AuthUser`]'s id; a foreign id is simply not found.
+
+use crate::auth::AuthUser;
+use crate::auth::handlers::wrong_password;
+use crate::auth::tokens::{TokenKind, new_opaque};
+use crate::error::ApiError;
+use crate::extract::Json;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::routing::{delete, get};
+use nextsync_core::api::{
+    AppPasswordCreated, AppPasswordList, AppPasswordView, CreateAppPasswordRequest, DeleteMeRequest,
+    DeviceList, DeviceView, ErrorBody, Me,
+};
+use nextsync_core::ids::{AppPasswordId, DeviceId};
+use nextsync_core::time::Timestamp;
+use nextsync_store::accounts::NewAppPassword;
+
+const MAX_LABEL_CHARS: usize = 100;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/me", get(get_me).delete(delete_me))
+        .route("/v1/devices", get(list_devices))
+        .route("/v1/devices/{id}", delete(revoke_device))
+        .route(
+            "/v1/app-passwords",
+            get(list_app_passwords).post(create_app_password),
+        )
+        .route("/v1/app-passwords/{id}", delete(delete_app_password))
+}
+
+#[utoipa::path(get, path = "/v1/me", tag = "account", security(("bearer" = [])),
+    responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
+pub async fn get_me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<Me>, ApiError> {
+    let user = state
+        .store
+        .user_by_id(auth.user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account not found"))?;
+    Ok(Json(Me {
+        user_id: user.id,
+        email: user.email.as_str().to_owned(),
+        created_at: user.created_at,
+    }))
+}
+
+#[utoipa::path(delete, path = "/v1/me", tag = "account", security(("bearer" = [])), request_body = DeleteMeRequest,
+    responses(
+        (status = 204, description = "the account and every row of it are gone"),
+        (status = 403, description = "wrong_password", body = ErrorBody),
+    ))]
+pub async fn delete_me(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(req): Json<DeleteMeRequest>,
+) -> Result<StatusCode, ApiError> {
+    let user = state
+        .store
+        .user_by_id(auth.user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account not found"))?;
+    if !state
+        .passwords
+        .verify(&req.password, Some(&user.password_hash))
+        .await?
+    {
+        return Err(wrong_password());
+    }
+    state.store.delete_user(auth.user).await?;
+    tracing::info!(user = %auth.user, "account deleted by its owner");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[utoipa::path(get, path = "/v1/devices", tag = "account", security(("bearer" = [])),
+    responses((status = 200, description = "signed-in devices, oldest first", body = DeviceList)))]
+pub async fn list_devices(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<DeviceList>, ApiError> {
+    let devices = state.store.list_devices(auth.user).await?;
+    Ok(Json(DeviceList {
+        devices: devices
+            .into_iter()
+            .map(|d| DeviceView {
+                current: d.device_id == auth.device,
+                device_id: d.device_id,
+                name: d.name,
+                created_at: d.created_at,
+                last_seen_at: d.last_seen_at,
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(delete, path = "/v1/devices/{id}", tag = "account", security(("bearer" = [])),
+    params(("id" = String, Path, description = "device id")),
+    responses(
+        (status = 204, description = "the device is signed out"),
+        (status = 404, description = "no such device of this account", body = ErrorBody),
+    ))]
+pub async fn revoke_device(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::not_found("no such device");
+    let device: DeviceId = id.parse().map_err(|_| not_found())?;
+    if state
+        .store
+        .revoke_device(auth.user, device, Timestamp::now())
+        .await?
+    {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found())
+    }
+}
+
+#[utoipa::path(post, path = "/v1/app-passwords", tag = "account", security(("bearer" = [])),
+    request_body = CreateAppPasswordRequest,
+    responses(
+        (status = 201, description = "the password is shown this once", body = AppPasswordCreated),
+        (status = 400, description = "invalid_label", body = ErrorBody),
+    ))]
+pub async fn create_app_password(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(req): Json<CreateAppPasswordRequest>,
+) -> Result<(StatusCode, Json<AppPasswordCreated>), ApiError> {
+    let label = req.label.trim().to_owned();
+    if label.is_empty() || label.chars().count() > MAX_LABEL_CHARS || label.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_label",
+            format!("label must be 1 to {MAX_LABEL_CHARS} printable characters"),
+        ));
+    }
+    let (password, secret_hash) = new_opaque(TokenKind::AppPassword, auth.user)?;
+    let created = NewAppPassword {
+        user_id: auth.user,
+        id: AppPasswordId::new(),
+        label,
+        secret_hash,
+        created_at: Timestamp::now(),
+    };
+    state.store.create_app_password(&created).await?;
+    Ok((
+        StatusCode::CREATED,
+        Json(AppPasswordCreated {
+            id: created.id,
+            label: created.label,
+            password,
+            created_at: created.created_at,
+        }),
+    ))
+}
+
+#[utoipa::path(get, path = "/v1/app-passwords", tag = "account", security(("bearer" = [])),
+    responses((status = 200, description = "without secrets", body = AppPasswordList)))]
+pub async fn list_app_passwords(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<AppPasswordList>, ApiError> {
+    let list = state.store.list_app_passwords(auth.user).await?;
+    Ok(Json(AppPasswordList {
+        app_passwords: list
+            .into_iter()
+            .map(|p| AppPasswordView {
+                id: p.id,
+                label: p.label,
+                created_at: p.created_at,
+                last_used_at: p.last_used_at,
+            })
+            .collect(),
+    }))
+}
+
+#[utoipa::path(delete, path = "/v1/app-passwords/{id}", tag = "account", security(("bearer" = [])),
+    params(("id" = String, Path, description = "app password id")),
+    responses(
+        (status = 204, description = "deleted; clients using it stop syncing"),
+        (status = 404, description = "no such app password of this account", body = ErrorBody),
+    ))]
+pub async fn delete_app_password(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let not_found = || ApiError::not_found("no such app password");
+    let id: AppPasswordId = id.parse().map_err(|_| not_found())?;
+    if state.store.delete_app_password(auth.user, id).await? {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(not_found())
+    }
+}

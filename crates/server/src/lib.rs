@@ -1,0 +1,126 @@
+//! The nextsync server: an axum application over a [`nextsync_store::Store`].
+//!
+//! - [`serve`]: runs the app on a bound listener until a shutdown future resolves (tests bind
+//!   port 0 and run the real server).
+//! - [`config`]: resolved settings; [`state`]: the shared [`AppState`]; [`router`]: layers.
+//! - [`auth`]: accounts, tokens, rate limits, the `AuthUser`/`AppPasswordUser` extractors.
+//! - [`account`]: `/v1/me`, devices, app passwords.
+//! - [`ops`]: health, readiness, metrics, OpenAPI; [`metrics`]: the Prometheus recorder.
+//! - [`mail`]: the log and SMTP mailers; [`secrets`]: keys generated into the data dir.
+//! - [`error`]: [`ApiError`]; [`extract`]: JSON and client-address extractors.
+
+pub mod account;
+pub mod auth;
+pub mod config;
+pub mod error;
+pub mod extract;
+pub mod mail;
+pub mod metrics;
+pub mod ops;
+pub mod router;
+pub mod secrets;
+pub mod state;
+
+pub use config::Config;
+pub use error::ApiError;
+pub use state::AppState;
+
+use anyhow::Context;
+use axum_server::tls_rustls::RustlsConfig;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+use tokio::net::TcpListener;
+
+/// How long in-flight requests may finish after shutdown is requested.
+const DRAIN: Duration = Duration::from_secs(10);
+
+/// Serves the app on `listener` (HTTPS when the config names a certificate) until `shutdown`
+/// resolves, then lets in-flight requests finish.
+pub async fn serve(
+    listener: TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let housekeeping = spawn_housekeeping(&state);
+    let tls = state.config.tls.clone();
+    let app = router::app(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = serve_app(listener, app, tls, shutdown).await;
+    housekeeping.abort();
+    served
+}
+
+async fn serve_app(
+    listener: TcpListener,
+    app: axum::extract::connect_info::IntoMakeServiceWithConnectInfo<axum::Router, SocketAddr>,
+    tls: Option<config::TlsFiles>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    match tls {
+        None => {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await?
+        }
+        Some(files) => {
+            let rustls = RustlsConfig::from_pem_file(&files.cert, &files.key)
+                .await
+                .with_context(|| {
+                    format!(
+                        "loading TLS certificate {} and key {}",
+                        files.cert.display(),
+                        files.key.display()
+                    )
+                })?;
+            let handle = axum_server::Handle::new();
+            let on_shutdown = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                on_shutdown.graceful_shutdown(Some(DRAIN));
+            });
+            axum_server::from_tcp_rustls(listener.into_std()?, rustls)?
+                .handle(handle)
+                .serve(app)
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Periodic upkeep while the server runs: forgets idle rate-limit keys.
+fn spawn_housekeeping(state: &AppState) -> tokio::task::JoinHandle<()> {
+    let limits = state.limits.clone();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tick.tick().await;
+            limits.forget_idle();
+        }
+    })
+}
+
+/// Resolves on SIGINT or SIGTERM.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        if let Err(e) = tokio::signal::ctrl_c().await {
+            tracing::error!(error = %e, "cannot listen for SIGINT");
+            std::future::pending::<()>().await;
+        }
+    };
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut sig) => {
+                sig.recv().await;
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot listen for SIGTERM");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    tokio::select! {
+        () = ctrl_c => {},
+        () = term => {},
+    }
+    tracing::info!("shutdown requested; finishing in-flight requests");
+}

@@ -1,0 +1,79 @@
+//! Operator endpoints: `/healthz` (the process answers), `/readyz` (the store answers too),
+//! `/metrics` (Prometheus) and `/v1/openapi.json` (generated from the handlers' annotations).
+
+use crate::error::ApiError;
+use crate::extract::Json;
+use crate::state::AppState;
+use crate::{account, auth, metrics};
+use axum::Router;
+use axum::extract::State;
+use axum::routing::get;
+use serde_json::{Value, json};
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{Modify, OpenApi};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics::render_metrics))
+        .route("/v1/openapi.json", get(openapi_json))
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({ "status": "ok" }))
+}
+
+async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    state.store.ping().await?;
+    Ok(Json(json!({ "status": "ready", "store": state.store.backend() })))
+}
+
+async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
+    Json(ApiDoc::openapi())
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "nextsync", description = "Self-hosted cross-device sync for AI chat clients."),
+    paths(
+        auth::handlers::register,
+        auth::handlers::login,
+        auth::handlers::refresh,
+        auth::handlers::logout,
+        auth::handlers::forgot_password,
+        auth::handlers::reset_password,
+        auth::handlers::change_password,
+        account::get_me,
+        account::delete_me,
+        account::list_devices,
+        account::revoke_device,
+        account::create_app_password,
+        account::list_app_passwords,
+        account::delete_app_password,
+    ),
+    modifiers(&BearerJwt),
+    tags(
+        (name = "auth", description = "Accounts, sign-in, tokens and passwords"),
+        (name = "account", description = "The signed-in user's account, devices and app passwords"),
+    )
+)]
+#[derive(Debug)]
+pub struct ApiDoc;
+
+struct BearerJwt;
+
+impl Modify for BearerJwt {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .bearer_format("JWT")
+                    .build(),
+            ),
+        );
+    }
+}

@@ -1,0 +1,39 @@
+//! [`StoreError`]: what a caller can act on. A unique-key clash is a [`StoreError::Conflict`]
+//! (the request was wrong), an unreachable database is [`StoreError::Unavailable`] (retry
+//! later), anything else is a server bug or a broken database.
+
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// A unique key already exists (for example an email address taken by another account).
+    #[error("conflicting row: {constraint}")]
+    Conflict { constraint: String },
+    /// The database cannot be reached or the pool is exhausted.
+    #[error("database unavailable")]
+    Unavailable(#[source] sqlx::Error),
+    /// Schema migration failed.
+    #[error("database migration failed")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    /// A row that cannot be turned back into a value: a bug or a hand-edited database.
+    #[error("corrupt row: {0}")]
+    Corrupt(String),
+    #[error("database error")]
+    Database(#[source] sqlx::Error),
+}
+
+impl From<sqlx::Error> for StoreError {
+    fn from(err: sqlx::Error) -> Self {
+        match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict {
+                constraint: db.constraint().unwrap_or_else(|| db.message()).to_owned(),
+            },
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
+            _ => StoreError::Database(err),
+        }
+    }
+}
