@@ -1,0 +1,451 @@
+//! Test harness shared by the store's contract tests and the server's end-to-end tests.
+//!
+//! - [`TestDb`]: a fresh database per test: SQLite in a temp dir, or a fresh schema in the
+//!   PostgreSQL named by `NEXTSYNC_TEST_DATABASE_URL` (default the local `test` database).
+//!   Without a reachable PostgreSQL the test reports itself skipped, except under `CI=true`,
+//!   where it fails.
+//! - [`TestServer`]: the real server on 127.0.0.1 port 0, stopped on drop.
+//! - [`both_backends!`]: runs one async test body on SQLite and on PostgreSQL.
+
+use nextsync_server::config::RateLimits;
+use nextsync_server::{AppState, Config};
+use nextsync_store::Store;
+use sqlx::Connection;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+use tempfile::TempDir;
+
+pub const DEFAULT_TEST_DATABASE_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database and data dir, removed when dropped.
+#[derive(Debug)]
+pub struct TestDb {
+    pub backend: Backend,
+    dir: TempDir,
+    pg: Option<PgSchema>,
+}
+
+#[derive(Debug)]
+struct PgSchema {
+    admin_url: String,
+    schema: String,
+    url: String,
+}
+
+impl TestDb {
+    pub fn sqlite() -> Self {
+        Self {
+            backend: Backend::Sqlite,
+            dir: temp_dir(),
+            pg: None,
+        }
+    }
+
+    /// A fresh schema in the test PostgreSQL, or `None` (test skipped) when there is none and
+    /// this is not CI.
+    pub async fn postgres() -> Option<Self> {
+        let admin_url = std::env::var("NEXTSYNC_TEST_DATABASE_URL")
+            .unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
+        let mut conn = match sqlx::PgConnection::connect(&admin_url).await {
+            Ok(conn) => conn,
+            Err(e) if is_ci() => panic!("CI=true but PostgreSQL at {admin_url} is unreachable: {e}"),
+            Err(e) => {
+                eprintln!(
+                    "SKIPPED: PostgreSQL at {admin_url} is unreachable ({e}); set NEXTSYNC_TEST_DATABASE_URL"
+                );
+                return None;
+            }
+        };
+        let schema = format!("nextsync_test_{}", uuid::Uuid::new_v4().simple());
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+            .execute(&mut conn)
+            .await
+            .expect("create test schema");
+        let separator = if admin_url.contains('?') { '&' } else { '?' };
+        let url = format!("{admin_url}{separator}options[search_path]={schema}");
+        Some(Self {
+            backend: Backend::Postgres,
+            dir: temp_dir(),
+            pg: Some(PgSchema {
+                admin_url,
+                schema,
+                url,
+            }),
+        })
+    }
+
+    /// The data dir (SQLite file, secrets, outbox).
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().to_path_buf()
+    }
+
+    /// `--database-url` for this database (PostgreSQL only).
+    pub fn database_url(&self) -> Option<&str> {
+        self.pg.as_ref().map(|pg| pg.url.as_str())
+    }
+
+    /// Server defaults pointed at this database, with rate limits high enough that only tests
+    /// about rate limits meet them.
+    pub fn config(&self) -> Config {
+        let mut config = Config::with_data_dir(self.data_dir());
+        config.bind = ([127, 0, 0, 1], 0).into();
+        config.database_url = self.database_url().map(nextsync_core::secret::Secret::new);
+        config.rate_limits = RateLimits {
+            ip_per_minute: 10_000,
+            ip_burst: 10_000,
+            ..RateLimits::default()
+        };
+        config
+    }
+
+    pub async fn store(&self) -> Arc<dyn Store> {
+        nextsync_server::state::open_store(&self.config())
+            .await
+            .expect("open store")
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let Some(pg) = self.pg.take() else { return };
+        // Drop runs inside a test's runtime; clean up on a thread with its own.
+        let cleanup = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .ok()?;
+            runtime.block_on(async {
+                let mut conn = sqlx::PgConnection::connect(&pg.admin_url).await.ok()?;
+                sqlx::query(sqlx::AssertSqlSafe(format!("DROP SCHEMA {} CASCADE", pg.schema)))
+                    .execute(&mut conn)
+                    .await
+                    .ok()
+            })
+        });
+        let _ = cleanup.join();
+    }
+}
+
+pub fn is_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
+}
+
+fn temp_dir() -> TempDir {
+    tempfile::Builder::new()
+        .prefix("nextsync-test-")
+        .tempdir()
+        .expect("temp dir")
+}
+
+/// Runs `$body(db: TestDb)` once on SQLite and once on PostgreSQL, as two tests named
+/// `<name>::sqlite` and `<name>::postgres`.
+#[macro_export]
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                super::$name($crate::TestDb::sqlite()).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = $crate::TestDb::postgres().await {
+                    super::$name(db).await;
+                }
+            }
+        }
+    )*};
+}
+
+/// The real server on a free loopback port; stopped (gracefully) on [`TestServer::stop`] or drop.
+#[derive(Debug)]
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub base_url: String,
+    pub state: AppState,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestServer {
+    pub async fn start(config: Config) -> Self {
+        install_crypto_provider();
+        let state = AppState::open(config).await.expect("open app state");
+        Self::start_with_state(state).await
+    }
+
+    pub async fn start_with_state(state: AppState) -> Self {
+        let listener = tokio::net::TcpListener::bind(state.config.bind)
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("local addr");
+        let scheme = if state.config.tls.is_some() {
+            "https"
+        } else {
+            "http"
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(nextsync_server::serve(listener, state.clone(), async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            base_url: format!("{scheme}://{addr}"),
+            state,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base_url)
+    }
+
+    /// Graceful shutdown; returns what `serve` returned.
+    pub async fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        match self.task.take() {
+            Some(task) => tokio::time::timeout(Duration::from_secs(15), task).await??,
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+    }
+}
+
+/// rustls needs one process-wide crypto provider before any client or server is built.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A plain HTTP client (no cookies, no redirects, JSON-friendly).
+pub fn client() -> reqwest::Client {
+    install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(30))
+        .build()
+        .expect("http client")
+}
+
+/// Path of a file in `crates/testkit/fixtures`.
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fixtures")
+        .join(name)
+}
+
+impl TestDb {
+    /// Rows holding `user` in every table that has a `user_id` column, found from the schema
+    /// itself, so tables added later are covered without touching the tests.
+    pub async fn rows_of_user(&self, user: uuid::Uuid) -> i64 {
+        match &self.pg {
+            None => {
+                let path = self.config().sqlite_path();
+                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
+                    .await
+                    .expect("open sqlite");
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT m.name FROM sqlite_master m JOIN pragma_table_info(m.name) c \
+                     WHERE m.type = 'table' AND c.name = 'user_id'",
+                )
+                .fetch_all(&mut conn)
+                .await
+                .expect("list tables");
+                let mut total = 0;
+                for table in tables {
+                    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT COUNT(*) FROM {table} WHERE user_id = $1"
+                    )))
+                    .bind(user)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count rows");
+                    total += n;
+                }
+                total
+            }
+            Some(pg) => {
+                let mut conn = sqlx::PgConnection::connect(&pg.url).await.expect("connect");
+                let tables: Vec<String> = sqlx::query_scalar(
+                    "SELECT table_name::text FROM information_schema.columns \
+                     WHERE table_schema = $1 AND column_name = 'user_id'",
+                )
+                .bind(&pg.schema)
+                .fetch_all(&mut conn)
+                .await
+                .expect("list tables");
+                let mut total = 0;
+                for table in tables {
+                    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
+                        "SELECT COUNT(*) FROM {table} WHERE user_id = $1"
+                    )))
+                    .bind(user)
+                    .fetch_one(&mut conn)
+                    .await
+                    .expect("count rows");
+                    total += n;
+                }
+                total
+            }
+        }
+    }
+}
+
+/// A JSON client for one server: every call returns the status and the parsed body
+/// (`Value::Null` when the body is empty).
+#[derive(Debug, Clone)]
+pub struct Api {
+    pub http: reqwest::Client,
+    pub base_url: String,
+}
+
+pub const PASSWORD: &str = "correct horse battery staple";
+
+impl Api {
+    pub fn new(server: &TestServer) -> Self {
+        Self {
+            http: client(),
+            base_url: server.base_url.clone(),
+        }
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        let mut request = self.http.request(method, format!("{}{path}", self.base_url));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("request");
+        let status = response.status();
+        let bytes = response.bytes().await.expect("body");
+        let value = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|e| panic!("{path}: non-JSON body ({e}): {bytes:?}"))
+        };
+        (status, value)
+    }
+
+    pub async fn get(&self, path: &str, token: Option<&str>) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    pub async fn post(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: serde_json::Value,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(reqwest::Method::POST, path, token, Some(body)).await
+    }
+
+    pub async fn delete(
+        &self,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (reqwest::StatusCode, serde_json::Value) {
+        self.send(reqwest::Method::DELETE, path, token, body).await
+    }
+
+    /// Registers `email` with [`PASSWORD`] and returns the token response.
+    pub async fn register(&self, email: &str) -> Session {
+        let (status, body) = self
+            .post(
+                "/v1/auth/register",
+                None,
+                serde_json::json!({ "email": email, "password": PASSWORD, "device_name": "laptop" }),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::CREATED, "{body}");
+        Session::from_json(&body)
+    }
+
+    /// Signs in `email` with `password` as a new device.
+    pub async fn login(&self, email: &str, password: &str) -> Session {
+        let (status, body) = self
+            .post(
+                "/v1/auth/login",
+                None,
+                serde_json::json!({ "email": email, "password": password, "device_name": "phone" }),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+        Session::from_json(&body)
+    }
+}
+
+/// The useful part of a token response.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub user_id: String,
+    pub device_id: String,
+    pub access: String,
+    pub refresh: String,
+}
+
+impl Session {
+    pub fn from_json(body: &serde_json::Value) -> Self {
+        let field = |name: &str| {
+            body[name]
+                .as_str()
+                .unwrap_or_else(|| panic!("no {name} in {body}"))
+                .to_owned()
+        };
+        Self {
+            user_id: field("user_id"),
+            device_id: field("device_id"),
+            access: field("access_token"),
+            refresh: field("refresh_token"),
+        }
+    }
+
+    pub fn token(&self) -> Option<&str> {
+        Some(&self.access)
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some` or `timeout` passes.
+pub async fn eventually<T, F, Fut>(timeout: Duration, mut check: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return Some(value);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
