@@ -49,7 +49,7 @@ pub async fn register(
     }
     let email =
         Email::parse(&req.email).map_err(|e| ApiError::bad_request("invalid_email", e.to_string()))?;
-    state.limits.spend_account(email.as_str())?;
+    state.limits.spend_account(&format!("register:{email}"))?;
     check_new_password(req.password.expose(), Some(&email))
         .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))?;
     let device_name = device_name(req.device_name)?;
@@ -91,9 +91,10 @@ pub async fn login(
     let device_name = device_name(req.device_name)?;
     // A malformed email cannot have an account: treat it exactly like an unknown one.
     let email = Email::parse(&req.email).ok();
-    let account_key = email
-        .as_ref()
-        .map_or_else(|| req.email.trim().to_lowercase(), |e| e.as_str().to_owned());
+    let account_key = match &email {
+        Some(email) => format!("login:{email}"),
+        None => format!("login:{}", req.email.trim().to_lowercase()),
+    };
     state.limits.check_account(&account_key)?;
     let user = match &email {
         Some(email) => state.store.user_by_email(email).await?,
@@ -194,7 +195,7 @@ pub async fn forgot_password(
     state.limits.check_ip(ip)?;
     let email =
         Email::parse(&req.email).map_err(|e| ApiError::bad_request("invalid_email", e.to_string()))?;
-    state.limits.spend_account(email.as_str())?;
+    state.limits.spend_account(&format!("forgot:{email}"))?;
     // Everything that depends on the account's existence happens after the answer.
     tokio::spawn(async move {
         if let Err(e) = send_reset_mail(&state, email).await {
@@ -257,7 +258,7 @@ pub async fn reset_password(
     state.limits.check_ip(ip)?;
     let invalid = || ApiError::bad_request("invalid_reset_token", "this reset link is not valid");
     let (user_id, hash) = parse_opaque(TokenKind::PasswordReset, req.token.expose()).ok_or_else(invalid)?;
-    state.limits.spend_account(&user_id.to_string())?;
+    state.limits.spend_account(&format!("reset:{user_id}"))?;
     let user = state.store.user_by_id(user_id).await?.ok_or_else(invalid)?;
     check_new_password(req.new_password.expose(), Some(&user.email))
         .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))?;

@@ -2,9 +2,10 @@
 //!
 //! - Per client address: a GCRA bucket (governor), `ip_per_minute` sustained with `ip_burst`
 //!   at once, shared by the four endpoints.
-//! - Per account: at most `account_attempts` counted attempts in a sliding `account_window`.
-//!   Login counts only failures (a person signing in on many devices is never slowed), the
-//!   other endpoints count every request (they send mail or try tokens).
+//! - Per account: at most `account_attempts` counted attempts in a sliding `account_window`,
+//!   separately per endpoint (keys are `login:<email>`, `register:<email>`, `forgot:<email>`,
+//!   `reset:<user id>`). Login counts only failures (a person signing in on many devices is
+//!   never slowed); the others count every request (they send mail or try tokens).
 //!
 //! Both forget idle keys periodically, so memory stays bounded by recent traffic.
 
