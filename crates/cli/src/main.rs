@@ -9,6 +9,7 @@ mod settings;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use settings::Settings;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use tracing_subscriber::EnvFilter;
 

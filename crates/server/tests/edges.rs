@@ -15,22 +15,37 @@ use std::time::{Duration, Instant};
 use tower::ServiceExt;
 
 fn error_code(body: &Value) -> &str {
-    body["error"]["code"].as_str().unwrap_or_else(|| panic!("no error shape in {body}"))
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error shape in {body}"))
 }
 
 #[tokio::test]
 async fn tls_serves_with_a_certificate() {
     let db = TestDb::sqlite();
     let mut config = db.config();
-    config.tls = Some(TlsFiles { cert: fixture("server.pem"), key: fixture("server.key") });
+    config.tls = Some(TlsFiles {
+        cert: fixture("server.pem"),
+        key: fixture("server.key"),
+    });
     let server = TestServer::start(config).await;
     assert!(server.base_url.starts_with("https://"));
     let ca = reqwest::Certificate::from_pem(&std::fs::read(fixture("ca.pem")).expect("ca")).expect("pem");
-    let client = reqwest::Client::builder().add_root_certificate(ca).build().expect("client");
-    let response = client.get(server.url("/healthz")).send().await.expect("https request");
+    let client = reqwest::Client::builder()
+        .add_root_certificate(ca)
+        .build()
+        .expect("client");
+    let response = client
+        .get(server.url("/healthz"))
+        .send()
+        .await
+        .expect("https request");
     assert_eq!(response.status(), StatusCode::OK);
     // Plain HTTP to the TLS port gets no HTTP answer.
-    let plain = reqwest::Client::new().get(format!("http://{}/healthz", server.addr)).send().await;
+    let plain = reqwest::Client::new()
+        .get(format!("http://{}/healthz", server.addr))
+        .send()
+        .await;
     assert!(plain.is_err() || plain.is_ok_and(|r| r.status() != StatusCode::OK));
     server.stop().await.expect("graceful TLS shutdown");
 }
@@ -39,11 +54,21 @@ async fn tls_serves_with_a_certificate() {
 async fn an_address_over_its_burst_is_told_when_to_retry() {
     let db = TestDb::sqlite();
     let mut config = db.config();
-    config.rate_limits = RateLimits { ip_per_minute: 1, ip_burst: 3, ..RateLimits::default() };
+    config.rate_limits = RateLimits {
+        ip_per_minute: 1,
+        ip_burst: 3,
+        ..RateLimits::default()
+    };
     let server = TestServer::start(config).await;
     let api = Api::new(&server);
     for _ in 0..3 {
-        let (status, _) = api.post("/v1/auth/login", None, json!({"email": "a@example.org", "password": PASSWORD})).await;
+        let (status, _) = api
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "a@example.org", "password": PASSWORD}),
+            )
+            .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
     let response = api
@@ -53,8 +78,16 @@ async fn an_address_over_its_burst_is_told_when_to_retry() {
         .send()
         .await
         .expect("send");
-    assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS, "the four endpoints share the address budget");
-    let retry_after: u64 = response.headers()["retry-after"].to_str().expect("ascii").parse().expect("seconds");
+    assert_eq!(
+        response.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "the four endpoints share the address budget"
+    );
+    let retry_after: u64 = response.headers()["retry-after"]
+        .to_str()
+        .expect("ascii")
+        .parse()
+        .expect("seconds");
     assert!((1..=60).contains(&retry_after), "{retry_after}");
     let body: Value = response.json().await.expect("json");
     assert_eq!(error_code(&body), "rate_limited");
@@ -71,11 +104,26 @@ async fn an_account_is_locked_after_ten_failed_logins_even_for_the_right_passwor
         api.login("ann@example.org", PASSWORD).await;
     }
     for _ in 0..10 {
-        let (status, _) = api.post("/v1/auth/login", None, json!({"email": "ann@example.org", "password": "guess guess guess"})).await;
+        let (status, _) = api
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": "ann@example.org", "password": "guess guess guess"}),
+            )
+            .await;
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
-    let (status, body) = api.post("/v1/auth/login", None, json!({"email": "ANN@example.org", "password": PASSWORD})).await;
-    assert_eq!((status, error_code(&body)), (StatusCode::TOO_MANY_REQUESTS, "rate_limited"));
+    let (status, body) = api
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"email": "ANN@example.org", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::TOO_MANY_REQUESTS, "rate_limited")
+    );
     api.register("bob@example.org").await;
     api.login("bob@example.org", PASSWORD).await;
 }
@@ -85,7 +133,13 @@ async fn median_login(api: &Api, email: &str, n: usize) -> Duration {
     let mut times = Vec::with_capacity(n);
     for _ in 0..n {
         let start = Instant::now();
-        let (status, _) = api.post("/v1/auth/login", None, json!({"email": email, "password": "wrong horse battery"})).await;
+        let (status, _) = api
+            .post(
+                "/v1/auth/login",
+                None,
+                json!({"email": email, "password": "wrong horse battery"}),
+            )
+            .await;
         times.push(start.elapsed());
         assert_eq!(status, StatusCode::UNAUTHORIZED);
     }
@@ -127,7 +181,10 @@ async fn wrong_password_and_unknown_email_are_indistinguishable() {
     let known = median_login(&api, "ann@example.org", 5).await;
     let unknown = median_login(&api, "nobody@example.org", 5).await;
     let ratio = unknown.as_secs_f64() / known.as_secs_f64();
-    assert!((0.4..2.5).contains(&ratio), "known {known:?}, unknown {unknown:?}");
+    assert!(
+        (0.4..2.5).contains(&ratio),
+        "known {known:?}, unknown {unknown:?}"
+    );
 }
 
 #[tokio::test]
@@ -140,12 +197,32 @@ async fn every_bad_request_gets_the_error_shape() {
 
     let (status, body) = api.get("/v1/nope", None).await;
     assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "not_found"));
-    let (status, body) = api.send(reqwest::Method::PUT, "/v1/auth/login", None, Some(json!({}))).await;
-    assert_eq!((status, error_code(&body)), (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"));
+    let (status, body) = api
+        .send(reqwest::Method::PUT, "/v1/auth/login", None, Some(json!({})))
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed")
+    );
     let big = "x".repeat(10_000);
-    let (status, body) = api.post("/v1/auth/register", None, json!({"email": "a@example.org", "password": big})).await;
-    assert_eq!((status, error_code(&body)), (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"));
-    let response = api.http.post(server.url("/v1/auth/login")).body("{}").send().await.expect("send");
+    let (status, body) = api
+        .post(
+            "/v1/auth/register",
+            None,
+            json!({"email": "a@example.org", "password": big}),
+        )
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large")
+    );
+    let response = api
+        .http
+        .post(server.url("/v1/auth/login"))
+        .body("{}")
+        .send()
+        .await
+        .expect("send");
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
 }
 
@@ -163,9 +240,18 @@ async fn bodies_travel_compressed_both_ways() {
         .send()
         .await
         .expect("send");
-    assert_eq!(response.status(), StatusCode::CREATED, "{:?}", response.text().await);
+    assert_eq!(
+        response.status(),
+        StatusCode::CREATED,
+        "{:?}",
+        response.text().await
+    );
 
-    let raw = reqwest::Client::builder().no_gzip().no_zstd().build().expect("client");
+    let raw = reqwest::Client::builder()
+        .no_gzip()
+        .no_zstd()
+        .build()
+        .expect("client");
     let response = raw
         .get(server.url("/v1/openapi.json"))
         .header("accept-encoding", "zstd")
@@ -196,7 +282,11 @@ fn crc32(data: &[u8]) -> u32 {
     for &byte in data {
         crc ^= u32::from(byte);
         for _ in 0..8 {
-            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
         }
     }
     !crc
@@ -209,8 +299,21 @@ async fn metrics_count_requests_logins_and_active_devices() {
     let api = Api::new(&server);
     api.register("ann@example.org").await;
     api.login("ann@example.org", PASSWORD).await;
-    api.post("/v1/auth/login", None, json!({"email": "ann@example.org", "password": "wrong wrong wrong"})).await;
-    let text = api.http.get(server.url("/metrics")).send().await.expect("send").text().await.expect("text");
+    api.post(
+        "/v1/auth/login",
+        None,
+        json!({"email": "ann@example.org", "password": "wrong wrong wrong"}),
+    )
+    .await;
+    let text = api
+        .http
+        .get(server.url("/metrics"))
+        .send()
+        .await
+        .expect("send")
+        .text()
+        .await
+        .expect("text");
     for needle in [
         "nextsync_logins_total{result=\"ok\"}",
         "nextsync_logins_total{result=\"failed\"}",
@@ -246,7 +349,10 @@ async fn the_openapi_document_lists_every_v1_endpoint() {
         ("/v1/app-passwords", "post"),
         ("/v1/app-passwords/{id}", "delete"),
     ] {
-        assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} missing");
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
     }
     assert!(doc["components"]["schemas"].get("TokenResponse").is_some());
 }
@@ -259,12 +365,17 @@ async fn app_passwords_authenticate_as_basic_or_bearer_and_nothing_else() {
     let api = Api::new(&server);
     let ann = api.register("ann@example.org").await;
     api.register("bob@example.org").await;
-    let (_, created) = api.post("/v1/app-passwords", ann.token(), json!({"label": "NextChat"})).await;
+    let (_, created) = api
+        .post("/v1/app-passwords", ann.token(), json!({"label": "NextChat"}))
+        .await;
     let password = created["password"].as_str().expect("password").to_owned();
     let id = created["id"].as_str().expect("id").to_owned();
 
     let app = Router::new()
-        .route("/whoami", get(|who: AppPasswordUser| async move { who.user.to_string() }))
+        .route(
+            "/whoami",
+            get(|who: AppPasswordUser| async move { who.user.to_string() }),
+        )
         .with_state(server.state.clone());
     let call = |authorization: Option<String>| {
         let app = app.clone();
@@ -273,17 +384,28 @@ async fn app_passwords_authenticate_as_basic_or_bearer_and_nothing_else() {
             if let Some(value) = authorization {
                 request = request.header("authorization", value);
             }
-            let response = app.oneshot(request.body(Body::empty()).expect("request")).await.expect("call");
+            let response = app
+                .oneshot(request.body(Body::empty()).expect("request"))
+                .await
+                .expect("call");
             let status = response.status();
             let has_challenge = response.headers().contains_key("www-authenticate");
-            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.expect("body");
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20)
+                .await
+                .expect("body");
             (status, has_challenge, String::from_utf8_lossy(&body).into_owned())
         }
     };
     let basic = |user: &str, pass: &str| format!("Basic {}", STANDARD.encode(format!("{user}:{pass}")));
 
-    assert_eq!(call(Some(basic("Ann@Example.org", &password))).await, (StatusCode::OK, false, ann.user_id.clone()));
-    assert_eq!(call(Some(format!("Bearer {password}"))).await, (StatusCode::OK, false, ann.user_id.clone()));
+    assert_eq!(
+        call(Some(basic("Ann@Example.org", &password))).await,
+        (StatusCode::OK, false, ann.user_id.clone())
+    );
+    assert_eq!(
+        call(Some(format!("Bearer {password}"))).await,
+        (StatusCode::OK, false, ann.user_id.clone())
+    );
 
     for (name, header) in [
         ("another user's email", Some(basic("bob@example.org", &password))),
@@ -299,9 +421,17 @@ async fn app_passwords_authenticate_as_basic_or_bearer_and_nothing_else() {
         assert_eq!(error_code(&body), "invalid_app_password", "{name}");
     }
     // ISO-8859-1 credentials decode byte for byte (é is 0xE9, not UTF-8).
-    let latin1 = format!("Basic {}", STANDARD.encode([b"ann@example.org:".as_slice(), password.as_bytes(), b"\xe9"].concat()));
+    let latin1 = format!(
+        "Basic {}",
+        STANDARD.encode([b"ann@example.org:".as_slice(), password.as_bytes(), b"\xe9"].concat())
+    );
     assert_eq!(call(Some(latin1)).await.0, StatusCode::UNAUTHORIZED);
 
-    api.delete(&format!("/v1/app-passwords/{id}"), ann.token(), None).await;
-    assert_eq!(call(Some(format!("Bearer {password}"))).await.0, StatusCode::UNAUTHORIZED, "deleted");
+    api.delete(&format!("/v1/app-passwords/{id}"), ann.token(), None)
+        .await;
+    assert_eq!(
+        call(Some(format!("Bearer {password}"))).await.0,
+        StatusCode::UNAUTHORIZED,
+        "deleted"
+    );
 }

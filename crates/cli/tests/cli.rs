@@ -1,0 +1,398 @@
+//! The `nextsync` binary as an operator runs it: real processes, real signals, one data dir
+//! or database shared between the server and `admin`.
+
+use nextsync_testkit::{Api, PASSWORD, TestDb, both_backends};
+use reqwest::StatusCode;
+use serde_json::json;
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nextsync");
+
+/// `nextsync` with no inherited NEXTSYNC_ variables, run in `cwd`.
+fn nextsync(cwd: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.current_dir(cwd);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NEXTSYNC_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("NEXTSYNC_LOG", "info");
+    cmd
+}
+
+/// Store flags for a test database: the data dir, plus the URL on PostgreSQL.
+fn store_args(db: &TestDb) -> Vec<String> {
+    let mut args = vec!["--data-dir".to_owned(), db.data_dir().display().to_string()];
+    if let Some(url) = db.database_url() {
+        args.extend(["--database-url".to_owned(), url.to_owned()]);
+    }
+    args
+}
+
+struct ServerProcess {
+    child: Child,
+    base_url: String,
+    logs: mpsc::Receiver<String>,
+}
+
+impl ServerProcess {
+    fn spawn(mut cmd: Command) -> Self {
+        let mut child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn nextsync");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, logs) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let needle = "nextsync is listening on ";
+        loop {
+            let line = logs
+                .recv_timeout(Duration::from_secs(30))
+                .expect("server did not start");
+            if let Some(pos) = line.find(needle) {
+                let url = line[pos + needle.len()..]
+                    .split_whitespace()
+                    .next()
+                    .expect("url")
+                    .to_owned();
+                return Self {
+                    child,
+                    base_url: url,
+                    logs,
+                };
+            }
+        }
+    }
+
+    fn api(&self) -> Api {
+        Api {
+            http: nextsync_testkit::client(),
+            base_url: self.base_url.clone(),
+        }
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.child.id().to_string())
+            .status();
+        assert!(status.expect("kill").success());
+    }
+
+    /// Waits for exit and returns whether it exited successfully, plus everything it logged.
+    fn wait(mut self) -> (bool, String) {
+        let status = self.child.wait().expect("wait");
+        let mut logs = String::new();
+        while let Ok(line) = self.logs.recv_timeout(Duration::from_millis(200)) {
+            logs.push_str(&line);
+            logs.push('\n');
+        }
+        (status.success(), logs)
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn run(mut cmd: Command, stdin: Option<&str>) -> Output {
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("write stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("output")
+}
+
+fn admin(db: &TestDb, args: &[&str], stdin: Option<&str>) -> String {
+    let mut cmd = nextsync(&db.data_dir());
+    cmd.arg("admin").args(store_args(db)).arg("user").args(args);
+    let out = run(cmd, stdin);
+    assert!(
+        out.status.success(),
+        "admin {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test]
+async fn serve_with_no_flags_uses_the_embedded_default_and_stops_on_sigterm() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    // No flags but the port (8787 may be taken on a developer's machine), given by env twin.
+    let mut cmd = nextsync(cwd.path());
+    cmd.arg("serve").env("NEXTSYNC_BIND", "127.0.0.1:0");
+    let server = ServerProcess::spawn(cmd);
+    let data = cwd.path().join("nextsync-data");
+    use std::os::unix::fs::PermissionsExt;
+    let key_mode = std::fs::metadata(data.join("jwt-signing.key"))
+        .expect("key")
+        .permissions()
+        .mode();
+    assert_eq!(key_mode & 0o777, 0o600);
+    assert!(data.join("nextsync.db").exists());
+
+    let api = server.api();
+    let (status, body) = api.get("/readyz", None).await;
+    assert_eq!((status, body["store"].as_str()), (StatusCode::OK, Some("sqlite")));
+    api.register("ann@example.org").await;
+
+    server.signal("TERM");
+    let (ok, logs) = server.wait();
+    assert!(ok, "exit status after SIGTERM:\n{logs}");
+    assert!(logs.contains("stopped"), "{logs}");
+    assert!(
+        !logs.contains("nsr_") && !logs.contains("eyJ"),
+        "tokens never reach the log:\n{logs}"
+    );
+}
+
+#[test]
+fn two_fresh_installs_never_share_a_signing_key() {
+    let keys: Vec<String> = (0..2)
+        .map(|_| {
+            let cwd = tempfile::tempdir().expect("tempdir");
+            let out = run(
+                {
+                    let mut cmd = nextsync(cwd.path());
+                    cmd.arg("migrate");
+                    cmd
+                },
+                None,
+            );
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(String::from_utf8_lossy(&out.stdout).contains("schema is up to date"));
+            // `migrate` prepares the store only; the key appears with the first `serve`.
+            let state = cwd.path().join("nextsync-data");
+            assert!(state.join("nextsync.db").exists());
+            let mut cmd = nextsync(cwd.path());
+            cmd.args(["serve", "--bind", "127.0.0.1:0"]);
+            let server = ServerProcess::spawn(cmd);
+            drop(server);
+            std::fs::read_to_string(state.join("jwt-signing.key")).expect("key")
+        })
+        .collect();
+    assert_ne!(keys[0], keys[1]);
+    assert!(keys[0].len() >= 64);
+}
+
+#[test]
+fn print_config_layers_flags_env_and_file_and_redacts_secrets() {
+    let cwd = tempfile::tempdir().expect("tempdir");
+    let file = cwd.path().join("nextsync.toml");
+    std::fs::write(
+        &file,
+        "registration = \"closed\"\nbind = \"127.0.0.1:9000\"\naccess_token_ttl = \"5m\"\n\
+         jwt_secret = \"file-secret-file-secret-file-secret-42\"\n",
+    )
+    .expect("write config");
+    let mut cmd = nextsync(cwd.path());
+    cmd.args([
+        "--config",
+        file.to_str().expect("utf8"),
+        "serve",
+        "--print-config",
+        "--bind",
+        "127.0.0.1:9100",
+    ])
+    .args([
+        "--database-url",
+        "postgres://app:db-password@db.internal:5432/nextsync",
+    ])
+    .args(["--smtp-url", "smtp://mailer:smtp-password@mail.internal:587"])
+    .env(
+        "NEXTSYNC_REDIS_URL",
+        "redis://:redis-password@cache.internal:6379",
+    )
+    .env("NEXTSYNC_RESET_TOKEN_TTL", "45m");
+    let out = run(cmd, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    for secret in ["db-password", "smtp-password", "redis-password", "file-secret"] {
+        assert!(!text.contains(secret), "{secret} leaked:\n{text}");
+    }
+    for expected in [
+        "bind = \"127.0.0.1:9100\"",
+        "registration = \"closed\"",
+        "access_token_ttl = 300",
+        "reset_token_ttl = 2700",
+        "database_url = \"postgres://app:[redacted]@db.internal:5432/nextsync\"",
+        "jwt_secret = \"[redacted]\"",
+        "kind = \"smtp\"",
+    ] {
+        assert!(text.contains(expected), "{expected} missing:\n{text}");
+    }
+
+    let mut bad = nextsync(cwd.path());
+    bad.args(["serve", "--print-config", "--redis-url", "http://not-redis"]);
+    let out = run(bad, None);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Redis"));
+}
+
+both_backends!(
+    admin_commands_act_on_the_running_servers_store,
+    an_acknowledged_write_survives_sigkill
+);
+
+async fn admin_commands_act_on_the_running_servers_store(db: TestDb) {
+    let mut cmd = nextsync(&db.data_dir());
+    cmd.arg("serve")
+        .args(store_args(&db))
+        .args(["--bind", "127.0.0.1:0", "--registration", "closed"]);
+    let server = ServerProcess::spawn(cmd);
+    let api = server.api();
+    let (status, _) = api
+        .post(
+            "/v1/auth/register",
+            None,
+            json!({"email": "ann@example.org", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+
+    let out = admin(
+        &db,
+        &["create", "ann@example.org", "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    assert!(out.contains("created ann@example.org"), "{out}");
+    let generated = admin(&db, &["create", "bob@example.org"], None);
+    let bob_password = generated
+        .lines()
+        .find_map(|l| l.strip_prefix("password: "))
+        .expect("generated password");
+    api.login("bob@example.org", bob_password).await;
+    let ann = api.login("ann@example.org", PASSWORD).await;
+
+    let listed = admin(&db, &["list"], None);
+    assert!(
+        listed.contains("ann@example.org") && listed.contains("bob@example.org"),
+        "{listed}"
+    );
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("ann@example.org") && l.contains("active")),
+        "{listed}"
+    );
+
+    admin(&db, &["disable", "ann@example.org"], None);
+    assert_eq!(
+        api.get("/v1/me", ann.token()).await.0,
+        StatusCode::UNAUTHORIZED,
+        "disabled at once"
+    );
+    let (status, _) = api
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"email": "ann@example.org", "password": PASSWORD}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(
+        admin(&db, &["list"], None)
+            .lines()
+            .any(|l| l.contains("ann@example.org") && l.contains("disabled"))
+    );
+    admin(&db, &["enable", "ann@example.org"], None);
+    let ann = api.login("ann@example.org", PASSWORD).await;
+
+    let new_password = "operator chosen passphrase";
+    admin(
+        &db,
+        &["set-password", "ann@example.org", "--password-stdin"],
+        Some(new_password),
+    );
+    assert_eq!(
+        api.get("/v1/me", ann.token()).await.0,
+        StatusCode::UNAUTHORIZED,
+        "every device signed out"
+    );
+    api.login("ann@example.org", new_password).await;
+
+    let mut unconfirmed = nextsync(&db.data_dir());
+    unconfirmed
+        .arg("admin")
+        .args(store_args(&db))
+        .args(["user", "delete", "ann@example.org"]);
+    assert!(!run(unconfirmed, None).status.success(), "delete needs --yes");
+    admin(&db, &["delete", "ann@example.org", "--yes"], None);
+    let (status, _) = api
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"email": "ann@example.org", "password": new_password}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNAUTHORIZED);
+    let listed = admin(&db, &["list"], None);
+    assert!(
+        !listed.contains("ann@example.org") && listed.contains("bob@example.org"),
+        "{listed}"
+    );
+
+    let mut weak = nextsync(&db.data_dir());
+    weak.arg("admin")
+        .args(store_args(&db))
+        .args(["user", "create", "cat@example.org", "--password-stdin"]);
+    let out = run(weak, Some("short\n"));
+    assert!(
+        !out.status.success(),
+        "weak passwords are refused for operators too"
+    );
+}
+
+async fn an_acknowledged_write_survives_sigkill(db: TestDb) {
+    let spawn = || {
+        let mut cmd = nextsync(&db.data_dir());
+        cmd.arg("serve")
+            .args(store_args(&db))
+            .args(["--bind", "127.0.0.1:0"]);
+        ServerProcess::spawn(cmd)
+    };
+    let server = spawn();
+    let api = server.api();
+    let session = api.register("ann@example.org").await;
+    let (status, created) = api
+        .post("/v1/app-passwords", session.token(), json!({"label": "NextChat"}))
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    server.signal("KILL");
+    let _ = server.wait();
+
+    let server = spawn();
+    let api = server.api();
+    let (status, list) = api.get("/v1/app-passwords", session.token()).await;
+    assert_eq!(
+        status,
+        StatusCode::OK,
+        "the access token issued before the crash still works"
+    );
+    assert_eq!(list["app_passwords"][0]["id"], created["id"]);
+    api.login("ann@example.org", PASSWORD).await;
+}
