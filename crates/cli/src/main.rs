@@ -131,6 +131,7 @@ fn init_logging(format: LogFormat) {
     let filter = EnvFilter::try_from_env("NEXTSYNC_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match format {
         LogFormat::Text => builder.init(),
