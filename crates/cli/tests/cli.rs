@@ -42,10 +42,18 @@ struct ServerProcess {
 
 impl ServerProcess {
     fn spawn(mut cmd: Command) -> Self {
-        let child = cmd.stderr(Stdio::piped()).stdout(Stdio::null()).spawn().expect("spawn nextsync");
+        let child = cmd
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("spawn nextsync");
         let (tx, logs) = mpsc::channel();
         // Owned from here on, so the process is killed and reaped whatever happens below.
-        let mut server = Self { child, base_url: String::new(), logs };
+        let mut server = Self {
+            child,
+            base_url: String::new(),
+            logs,
+        };
         let stderr = server.child.stderr.take().expect("stderr");
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
@@ -54,9 +62,16 @@ impl ServerProcess {
         });
         let needle = "nextsync is listening on ";
         while server.base_url.is_empty() {
-            let line = server.logs.recv_timeout(Duration::from_secs(30)).expect("server did not start");
+            let line = server
+                .logs
+                .recv_timeout(Duration::from_secs(30))
+                .expect("server did not start");
             if let Some(pos) = line.find(needle) {
-                server.base_url = line[pos + needle.len()..].split_whitespace().next().expect("url").to_owned();
+                server.base_url = line[pos + needle.len()..]
+                    .split_whitespace()
+                    .next()
+                    .expect("url")
+                    .to_owned();
             }
         }
         server
