@@ -50,7 +50,8 @@ pub struct Settings {
     /// How mail is delivered: `log` (files in <data-dir>/outbox) or `smtp`.
     #[arg(long, env = "NEXTSYNC_MAILER", value_name = "log|smtp")]
     pub mailer: Option<MailerArg>,
-    /// smtp://user:pass@host:587 (STARTTLS) or smtps://…:465; implies --mailer smtp.
+    /// smtp://user:pass@host:587 (STARTTLS required), smtps://…:465 (TLS), or
+    /// smtp://localhost:25?tls=none (plaintext, local relays only); implies --mailer smtp.
     #[arg(long, env = "NEXTSYNC_SMTP_URL", value_name = "URL", hide_env_values = true)]
     pub smtp_url: Option<String>,
     /// Sender address of outgoing mail.
