@@ -2,7 +2,7 @@
 //! Every query is scoped by the [`AuthUser`]'s id; a foreign id is simply not found.
 
 use crate::auth::AuthUser;
-use crate::auth::handlers::wrong_password;
+use crate::auth::handlers::{confirm_password, current_user};
 use crate::auth::tokens::{TokenKind, new_opaque};
 use crate::error::ApiError;
 use crate::extract::Json;
@@ -36,11 +36,7 @@ pub fn router() -> Router<AppState> {
 #[utoipa::path(get, path = "/v1/me", tag = "account", security(("bearer" = [])),
     responses((status = 200, body = Me), (status = 401, body = ErrorBody)))]
 pub async fn get_me(State(state): State<AppState>, auth: AuthUser) -> Result<Json<Me>, ApiError> {
-    let user = state
-        .store
-        .user_by_id(auth.user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("account not found"))?;
+    let user = current_user(&state, auth).await?;
     Ok(Json(Me {
         user_id: user.id,
         email: user.email.as_str().to_owned(),
@@ -58,18 +54,7 @@ pub async fn delete_me(
     auth: AuthUser,
     Json(req): Json<DeleteMeRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let user = state
-        .store
-        .user_by_id(auth.user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("account not found"))?;
-    if !state
-        .passwords
-        .verify(&req.password, Some(&user.password_hash))
-        .await?
-    {
-        return Err(wrong_password());
-    }
+    confirm_password(&state, auth, &req.password).await?;
     state.store.delete_user(auth.user).await?;
     tracing::info!(user = %auth.user, "account deleted by its owner");
     Ok(StatusCode::NO_CONTENT)

@@ -256,35 +256,27 @@ impl TestDb {
     /// Rows holding `user` in every table that has a `user_id` column, found from the schema
     /// itself, so tables added later are covered without touching the tests.
     pub async fn rows_of_user(&self, user: uuid::Uuid) -> i64 {
+        let tables: Vec<String>;
         match &self.pg {
             None => {
                 let path = self.config().sqlite_path();
-                let mut conn = sqlx::SqliteConnection::connect(&format!("sqlite://{}", path.display()))
-                    .await
-                    .expect("open sqlite");
-                let tables: Vec<String> = sqlx::query_scalar(
+                let url = format!("sqlite://{}", path.display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open sqlite");
+                tables = sqlx::query_scalar(
                     "SELECT m.name FROM sqlite_master m JOIN pragma_table_info(m.name) c \
                      WHERE m.type = 'table' AND c.name = 'user_id'",
                 )
                 .fetch_all(&mut conn)
                 .await
                 .expect("list tables");
-                let mut total = 0;
-                for table in tables {
-                    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT COUNT(*) FROM {table} WHERE user_id = $1"
-                    )))
+                sqlx::query_scalar(count_rows_sql(&tables))
                     .bind(user)
                     .fetch_one(&mut conn)
                     .await
-                    .expect("count rows");
-                    total += n;
-                }
-                total
             }
             Some(pg) => {
                 let mut conn = sqlx::PgConnection::connect(&pg.url).await.expect("connect");
-                let tables: Vec<String> = sqlx::query_scalar(
+                tables = sqlx::query_scalar(
                     "SELECT table_name::text FROM information_schema.columns \
                      WHERE table_schema = $1 AND column_name = 'user_id'",
                 )
@@ -292,21 +284,24 @@ impl TestDb {
                 .fetch_all(&mut conn)
                 .await
                 .expect("list tables");
-                let mut total = 0;
-                for table in tables {
-                    let n: i64 = sqlx::query_scalar(sqlx::AssertSqlSafe(format!(
-                        "SELECT COUNT(*) FROM {table} WHERE user_id = $1"
-                    )))
+                sqlx::query_scalar(count_rows_sql(&tables))
                     .bind(user)
                     .fetch_one(&mut conn)
                     .await
-                    .expect("count rows");
-                    total += n;
-                }
-                total
             }
         }
+        .unwrap_or_else(|e| panic!("counting rows in {tables:?}: {e}"))
     }
+}
+
+/// `SELECT (SELECT COUNT(*) FROM a WHERE user_id = $1) + … ` over `tables`.
+fn count_rows_sql(tables: &[String]) -> sqlx::AssertSqlSafe<String> {
+    assert!(!tables.is_empty(), "no table has a user_id column");
+    let sum: Vec<String> = tables
+        .iter()
+        .map(|t| format!("(SELECT COUNT(*) FROM {t} WHERE user_id = $1)"))
+        .collect();
+    sqlx::AssertSqlSafe(format!("SELECT {}", sum.join(" + ")))
 }
 
 /// A JSON client for one server: every call returns the status and the parsed body

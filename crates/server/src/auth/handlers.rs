@@ -23,7 +23,7 @@ use nextsync_core::ids::{DeviceId, UserId};
 use nextsync_core::secret::Secret;
 use nextsync_core::time::Timestamp;
 use nextsync_store::StoreError;
-use nextsync_store::accounts::{NewDevice, NewRefreshToken, NewUser, RefreshOutcome, ResetOutcome};
+use nextsync_store::accounts::{NewDevice, NewRefreshToken, NewUser, RefreshOutcome, ResetOutcome, User};
 
 const MAX_DEVICE_NAME_CHARS: usize = 100;
 
@@ -295,18 +295,7 @@ pub async fn change_password(
     auth: AuthUser,
     Json(req): Json<ChangePasswordRequest>,
 ) -> Result<StatusCode, ApiError> {
-    let user = state
-        .store
-        .user_by_id(auth.user)
-        .await?
-        .ok_or_else(|| ApiError::not_found("account not found"))?;
-    if !state
-        .passwords
-        .verify(&req.current_password, Some(&user.password_hash))
-        .await?
-    {
-        return Err(wrong_password());
-    }
+    let user = confirm_password(&state, auth, &req.current_password).await?;
     check_new_password(req.new_password.expose(), Some(&user.email))
         .map_err(|e| ApiError::bad_request("weak_password", e.to_string()))?;
     let password_hash = state.passwords.hash(&req.new_password).await?;
@@ -317,8 +306,32 @@ pub async fn change_password(
     Ok(StatusCode::NO_CONTENT)
 }
 
-pub(crate) fn wrong_password() -> ApiError {
-    ApiError::forbidden("wrong_password", "the password is incorrect")
+/// The signed-in user, once `password` proves it is really them (for changes that a stolen
+/// access token alone must not allow).
+pub(crate) async fn confirm_password(
+    state: &AppState,
+    auth: AuthUser,
+    password: &Secret,
+) -> Result<User, ApiError> {
+    let user = current_user(state, auth).await?;
+    if state
+        .passwords
+        .verify(password, Some(&user.password_hash))
+        .await?
+    {
+        Ok(user)
+    } else {
+        Err(ApiError::forbidden("wrong_password", "the password is incorrect"))
+    }
+}
+
+/// The signed-in user's account row.
+pub(crate) async fn current_user(state: &AppState, auth: AuthUser) -> Result<User, ApiError> {
+    state
+        .store
+        .user_by_id(auth.user)
+        .await?
+        .ok_or_else(|| ApiError::not_found("account not found"))
 }
 
 fn device_name(name: Option<String>) -> Result<String, ApiError> {
