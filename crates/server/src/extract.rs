@@ -56,8 +56,9 @@ impl<T: Serialize> IntoResponse for Json<T> {
     }
 }
 
-/// The peer's address: the TCP peer, or the first `X-Forwarded-For` hop when the server is
-/// configured to run behind a trusted reverse proxy.
+/// The peer's address: the TCP peer, or, when the server runs behind a trusted reverse proxy
+/// (`--trust-proxy-headers`), the last `X-Forwarded-For` entry: the one that proxy appended.
+/// Earlier entries come from the client and could be anything.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ClientIp(pub IpAddr);
 
@@ -70,7 +71,7 @@ impl FromRequestParts<AppState> for ClientIp {
                 .headers
                 .get("x-forwarded-for")
                 .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.rsplit(',').next())
                 .and_then(|v| v.trim().parse::<IpAddr>().ok())
         {
             return Ok(ClientIp(ip));

@@ -435,3 +435,51 @@ async fn app_passwords_authenticate_as_basic_or_bearer_and_nothing_else() {
         "deleted"
     );
 }
+
+/// Sends a failing login claiming `forwarded` as the client address.
+async fn login_from(api: &Api, forwarded: &str) -> StatusCode {
+    api.http
+        .post(format!("{}/v1/auth/login", api.base_url))
+        .header("x-forwarded-for", forwarded)
+        .json(&json!({"email": "a@example.org", "password": PASSWORD}))
+        .send()
+        .await
+        .expect("send")
+        .status()
+}
+
+#[tokio::test]
+async fn forwarded_addresses_count_only_behind_a_trusted_proxy() {
+    let db = TestDb::sqlite();
+    let mut config = db.config();
+    config.rate_limits = RateLimits {
+        ip_per_minute: 1,
+        ip_burst: 1,
+        ..RateLimits::default()
+    };
+    let direct = TestServer::start(config.clone()).await;
+    let api = Api::new(&direct);
+    assert_eq!(login_from(&api, "10.0.0.1").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login_from(&api, "10.0.0.2").await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "a client cannot pick its own address"
+    );
+
+    config.trust_proxy_headers = true;
+    let db = TestDb::sqlite();
+    config.data_dir = db.data_dir();
+    let proxied = TestServer::start(config).await;
+    let api = Api::new(&proxied);
+    assert_eq!(login_from(&api, "10.0.0.1").await, StatusCode::UNAUTHORIZED);
+    assert_eq!(
+        login_from(&api, "10.0.0.2").await,
+        StatusCode::UNAUTHORIZED,
+        "another client behind the proxy"
+    );
+    // The proxy appends what it saw; whatever the client put first does not matter.
+    assert_eq!(
+        login_from(&api, "1.2.3.4, 10.0.0.1").await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
