@@ -4,10 +4,16 @@
 //! - [`time`]: the one timestamp type, stored as Unix milliseconds, shown as RFC 3339.
 //! - [`account`]: email and password rules for accounts.
 //! - [`secret`]: a string whose `Debug` never shows it.
+//! - [`hlc`]: hybrid logical clock stamps and the device clock.
+//! - [`record`]: records as a per-field LWW CRDT with tombstones, and their merge.
+//! - [`sync`]: applying one write to a stored record: seqs and conflicts.
 //! - [`api`]: JSON bodies of the `/v1` wire protocol (the OpenAPI document is derived from them).
 
 pub mod account;
 pub mod api;
+pub mod hlc;
 pub mod ids;
+pub mod record;
 pub mod secret;
+pub mod sync;
 pub mod time;
