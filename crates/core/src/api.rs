@@ -127,3 +127,133 @@ pub struct AppPasswordView {
 pub struct AppPasswordList {
     pub app_passwords: Vec<AppPasswordView>,
 }
+
+// ---- sync: push, pull, conflicts, records ----
+
+use crate::hlc::Hlc;
+use crate::ids::Seq;
+use crate::sync::Side;
+use serde_json::{Map, Value};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum OpName {
+    Upsert,
+    Delete,
+}
+
+/// One change a client pushes.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct MutationIn {
+    /// Client-made, unique per user; a mutation id seen before is answered `duplicate`.
+    pub mutation_id: String,
+    pub collection: String,
+    pub id: String,
+    pub op: OpName,
+    /// The fields to set (upsert only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub fields: Option<Map<String, Value>>,
+    /// The write's stamp: `"<ms:15>-<counter:5>-<node>"`.
+    pub hlc: String,
+    /// The highest seq the client had pulled when it made the change.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base_seq: Option<Seq>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PushRequest {
+    pub mutations: Vec<MutationIn>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum MutationStatus {
+    Applied,
+    Duplicate,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MutationResult {
+    pub mutation_id: String,
+    pub status: MutationStatus,
+    /// The seq at which the mutation's record stands after it (read-your-writes: keep the
+    /// optimistic state until a pull has passed it).
+    pub seq: Seq,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PushResponse {
+    pub results: Vec<MutationResult>,
+    /// Conflicts this push created.
+    pub conflicts: Vec<ConflictView>,
+    /// Marks the highest seq this push wrote. Not a replacement for the pull cursor: changes of
+    /// other devices below it may not have been pulled yet.
+    pub cursor: String,
+}
+
+/// A record as the feed and the records API show it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct RecordView {
+    pub collection: String,
+    pub id: String,
+    /// Visible fields (empty when deleted).
+    #[schema(value_type = Object)]
+    pub fields: Map<String, Value>,
+    pub deleted: bool,
+    pub seq: Seq,
+    /// The stamp of each visible field, so a client's clock moves past what it has seen.
+    #[schema(value_type = Object)]
+    pub stamps: Map<String, Value>,
+    /// The deletion's stamp, when the record has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tombstone: Option<Hlc>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PullResponse {
+    /// In seq order, each record once, at its latest state.
+    pub changes: Vec<RecordView>,
+    /// Pass as `since` to continue.
+    pub cursor: String,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ConflictView {
+    pub conflict_id: String,
+    pub collection: String,
+    pub id: String,
+    pub field: String,
+    pub kept: Side,
+    pub lost: Side,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ConflictList {
+    pub conflicts: Vec<ConflictView>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Choice {
+    Kept,
+    Lost,
+}
+
+/// Either `{"choose":"kept"|"lost"}` or `{"value": …}`.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ResolveRequest {
+    #[serde(default)]
+    pub choose: Option<Choice>,
+    #[serde(default)]
+    #[schema(value_type = Option<Object>)]
+    pub value: Option<Value>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct PutRecordRequest {
+    #[schema(value_type = Object)]
+    pub fields: Map<String, Value>,
+}

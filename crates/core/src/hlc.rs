@@ -24,7 +24,7 @@ pub struct Hlc {
     node: String,
 }
 
-#[derive(Debug, Error, PartialEq, Eq)]
+#[derive(Debug, Clone, Error, PartialEq, Eq)]
 pub enum HlcError {
     #[error("stamp must look like 001764172800000-00003-node")]
     Malformed,

@@ -7,12 +7,16 @@
 //! - [`hlc`]: hybrid logical clock stamps and the device clock.
 //! - [`record`]: records as a per-field LWW CRDT with tombstones, and their merge.
 //! - [`sync`]: applying one write to a stored record: seqs and conflicts.
+//! - [`cursor`]: the opaque feed cursor with its epoch.
+//! - [`push`]: validating a push and planning it (seqs, duplicates, preconditions).
 //! - [`api`]: JSON bodies of the `/v1` wire protocol (the OpenAPI document is derived from them).
 
 pub mod account;
+pub mod cursor;
 pub mod api;
 pub mod hlc;
 pub mod ids;
+pub mod push;
 pub mod record;
 pub mod secret;
 pub mod sync;
