@@ -26,7 +26,10 @@ impl Cursor {
         if epoch.is_empty() {
             return None;
         }
-        Some(Self { epoch: epoch.to_owned(), seq: Seq(seq.parse().ok()?) })
+        Some(Self {
+            epoch: epoch.to_owned(),
+            seq: Seq(seq.parse().ok()?),
+        })
     }
 }
 
@@ -36,7 +39,10 @@ mod tests {
 
     #[test]
     fn cursors_round_trip_and_garbage_is_none() {
-        let cursor = Cursor { epoch: "e1f0".into(), seq: Seq(42) };
+        let cursor = Cursor {
+            epoch: "e1f0".into(),
+            seq: Seq(42),
+        };
         assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
         assert_eq!(Cursor::decode("!!"), None);
         assert_eq!(Cursor::decode(&URL_SAFE_NO_PAD.encode("nocolon")), None);

@@ -75,6 +75,10 @@ uuid_id!(
     /// A static secret a client like NextChat keeps instead of a password.
     AppPasswordId
 );
+uuid_id!(
+    /// A kept-aside losing value, waiting for the user to resolve it.
+    ConflictId
+);
 
 /// SHA-256 of an opaque token (refresh, reset, app password). Only this is stored, so a copy
 /// of the database does not hold a usable token.

@@ -12,8 +12,8 @@
 //! - [`api`]: JSON bodies of the `/v1` wire protocol (the OpenAPI document is derived from them).
 
 pub mod account;
-pub mod cursor;
 pub mod api;
+pub mod cursor;
 pub mod hlc;
 pub mod ids;
 pub mod push;

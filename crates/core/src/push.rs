@@ -24,7 +24,11 @@ pub struct SyncLimits {
 
 impl Default for SyncLimits {
     fn default() -> Self {
-        Self { max_mutations: 1000, max_field_bytes: 1024 * 1024, max_clock_skew_ms: 10 * 60 * 1000 }
+        Self {
+            max_mutations: 1000,
+            max_field_bytes: 1024 * 1024,
+            max_clock_skew_ms: 10 * 60 * 1000,
+        }
     }
 }
 
@@ -65,7 +69,11 @@ pub struct Invalid {
 }
 
 fn invalid(code: &'static str, message: impl Into<String>) -> Invalid {
-    Invalid { code, message: message.into(), too_large: false }
+    Invalid {
+        code,
+        message: message.into(),
+        too_large: false,
+    }
 }
 
 pub fn validate_collection(name: &str) -> Result<(), Invalid> {
@@ -73,7 +81,14 @@ pub fn validate_collection(name: &str) -> Result<(), Invalid> {
     let ok = name.len() <= 64
         && bytes.next().is_some_and(|b| b.is_ascii_lowercase())
         && bytes.all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
-    if ok { Ok(()) } else { Err(invalid("invalid_collection", format!("collection {name:?} must match [a-z][a-z0-9_-]{{0,63}}"))) }
+    if ok {
+        Ok(())
+    } else {
+        Err(invalid(
+            "invalid_collection",
+            format!("collection {name:?} must match [a-z][a-z0-9_-]{{0,63}}"),
+        ))
+    }
 }
 
 pub fn validate_record_id(id: &str) -> Result<(), Invalid> {
@@ -81,7 +96,10 @@ pub fn validate_record_id(id: &str) -> Result<(), Invalid> {
     if (1..=128).contains(&len) && !id.chars().any(char::is_control) {
         Ok(())
     } else {
-        Err(invalid("invalid_id", "record ids are 1 to 128 printable characters"))
+        Err(invalid(
+            "invalid_id",
+            "record ids are 1 to 128 printable characters",
+        ))
     }
 }
 
@@ -95,7 +113,10 @@ pub fn validate_fields(fields: &serde_json::Map<String, Value>, limits: &SyncLim
         if size > limits.max_field_bytes {
             return Err(Invalid {
                 code: "field_too_large",
-                message: format!("field {name:?} is {size} bytes; the limit is {}", limits.max_field_bytes),
+                message: format!(
+                    "field {name:?} is {size} bytes; the limit is {}",
+                    limits.max_field_bytes
+                ),
                 too_large: true,
             });
         }
@@ -108,11 +129,17 @@ impl Mutation {
     pub fn validate(wire: &MutationIn, limits: &SyncLimits, now_ms: u64) -> Result<Self, Invalid> {
         let id_len = wire.mutation_id.chars().count();
         if !(1..=128).contains(&id_len) || wire.mutation_id.chars().any(char::is_control) {
-            return Err(invalid("invalid_mutation_id", "mutation_id must be 1 to 128 printable characters"));
+            return Err(invalid(
+                "invalid_mutation_id",
+                "mutation_id must be 1 to 128 printable characters",
+            ));
         }
         validate_collection(&wire.collection)?;
         validate_record_id(&wire.id)?;
-        let hlc: Hlc = wire.hlc.parse().map_err(|e: HlcError| invalid("invalid_hlc", e.to_string()))?;
+        let hlc: Hlc = wire
+            .hlc
+            .parse()
+            .map_err(|e: HlcError| invalid("invalid_hlc", e.to_string()))?;
         if hlc.ms() > now_ms.saturating_add(limits.max_clock_skew_ms) {
             return Err(invalid(
                 "clock_skew",
@@ -127,13 +154,21 @@ impl Mutation {
                 validate_fields(fields, limits)?;
                 Op::Upsert(fields.clone())
             }
-            (OpName::Upsert, _) => return Err(invalid("invalid_op", "an upsert needs a non-empty `fields` object")),
+            (OpName::Upsert, _) => {
+                return Err(invalid(
+                    "invalid_op",
+                    "an upsert needs a non-empty `fields` object",
+                ));
+            }
             (OpName::Delete, None) => Op::Delete,
             (OpName::Delete, Some(_)) => return Err(invalid("invalid_op", "a delete takes no `fields`")),
         };
         Ok(Self {
             mutation_id: wire.mutation_id.clone(),
-            key: RecordKey { collection: wire.collection.clone(), id: wire.id.clone() },
+            key: RecordKey {
+                collection: wire.collection.clone(),
+                id: wire.id.clone(),
+            },
             op,
             hlc: Some(hlc),
             base_seq: wire.base_seq,
@@ -158,7 +193,10 @@ pub struct Plan {
 #[derive(Debug, Clone, PartialEq)]
 pub enum PlanError {
     /// A precondition failed; nothing is written. Carries the record's current state.
-    PreconditionFailed { key: RecordKey, current: Option<StoredRecord> },
+    PreconditionFailed {
+        key: RecordKey,
+        current: Option<StoredRecord>,
+    },
     Clock(HlcError),
 }
 
@@ -173,11 +211,17 @@ pub fn plan(
     now_ms: u64,
     server_node: &str,
 ) -> Result<Plan, PlanError> {
-    let mut plan = Plan { head, ..Plan::default() };
+    let mut plan = Plan {
+        head,
+        ..Plan::default()
+    };
     let mut batch_ids: HashMap<&str, Seq> = HashMap::new();
     let mut new_seq: HashMap<RecordKey, Seq> = HashMap::new();
     for m in mutations {
-        if let Some(seq) = seen.get(&m.mutation_id).or_else(|| batch_ids.get(m.mutation_id.as_str())) {
+        if let Some(seq) = seen
+            .get(&m.mutation_id)
+            .or_else(|| batch_ids.get(m.mutation_id.as_str()))
+        {
             plan.results.push(result(m, MutationStatus::Duplicate, *seq));
             continue;
         }
@@ -190,7 +234,10 @@ pub fn plan(
         };
         if !precondition_holds {
             let current = (record.seq > Seq(0)).then(|| record.clone());
-            return Err(PlanError::PreconditionFailed { key: m.key.clone(), current });
+            return Err(PlanError::PreconditionFailed {
+                key: m.key.clone(),
+                current,
+            });
         }
         let hlc = match &m.hlc {
             Some(hlc) => hlc.clone(),
@@ -202,12 +249,21 @@ pub fn plan(
         };
         let seq = new_seq.get(&m.key).copied().unwrap_or(Seq(plan.head.0 + 1));
         let mut conflicts = Vec::new();
-        let changed = record.apply(Write { op: &m.op, hlc: &hlc, base_seq: m.base_seq }, seq, &mut conflicts);
+        let changed = record.apply(
+            Write {
+                op: &m.op,
+                hlc: &hlc,
+                base_seq: m.base_seq,
+            },
+            seq,
+            &mut conflicts,
+        );
         if changed && !new_seq.contains_key(&m.key) {
             plan.head = seq;
             new_seq.insert(m.key.clone(), seq);
         }
-        plan.conflicts.extend(conflicts.into_iter().map(|c| (m.key.clone(), c)));
+        plan.conflicts
+            .extend(conflicts.into_iter().map(|c| (m.key.clone(), c)));
         plan.results.push(result(m, MutationStatus::Applied, record.seq));
         plan.applied.push((m.mutation_id.clone(), record.seq));
         batch_ids.insert(&m.mutation_id, record.seq);
@@ -222,7 +278,11 @@ pub fn plan(
 }
 
 fn result(m: &Mutation, status: MutationStatus, seq: Seq) -> MutationResult {
-    MutationResult { mutation_id: m.mutation_id.clone(), status, seq }
+    MutationResult {
+        mutation_id: m.mutation_id.clone(),
+        status,
+        seq,
+    }
 }
 
 #[cfg(test)]
@@ -235,7 +295,11 @@ mod tests {
             mutation_id: id.into(),
             collection: "sessions".into(),
             id: record.into(),
-            op: if fields.is_some() { OpName::Upsert } else { OpName::Delete },
+            op: if fields.is_some() {
+                OpName::Upsert
+            } else {
+                OpName::Delete
+            },
             fields: fields.map(|f| f.as_object().expect("object").clone()),
             hlc: hlc.into(),
             base_seq: None,
@@ -250,41 +314,133 @@ mod tests {
 
     #[test]
     fn validation_names_what_is_wrong() {
-        let limits = SyncLimits { max_field_bytes: 10, ..SyncLimits::default() };
+        let limits = SyncLimits {
+            max_field_bytes: 10,
+            ..SyncLimits::default()
+        };
         let ok = wire("m1", "r1", "001764172800000-00000-laptop", Some(json!({"t": 1})));
         assert!(Mutation::validate(&ok, &limits, NOW).is_ok());
         let cases = [
-            (MutationIn { collection: "Sessions".into(), ..ok.clone() }, "invalid_collection"),
-            (MutationIn { id: String::new(), ..ok.clone() }, "invalid_id"),
-            (MutationIn { mutation_id: String::new(), ..ok.clone() }, "invalid_mutation_id"),
-            (MutationIn { hlc: "yesterday".into(), ..ok.clone() }, "invalid_hlc"),
-            (MutationIn { hlc: "001764173500000-00000-laptop".into(), ..ok.clone() }, "clock_skew"),
-            (MutationIn { fields: Some(serde_json::Map::new()), ..ok.clone() }, "invalid_op"),
-            (MutationIn { fields: json!({"t": "a long long value"}).as_object().cloned(), ..ok.clone() }, "field_too_large"),
-            (MutationIn { op: OpName::Delete, ..ok.clone() }, "invalid_op"),
+            (
+                MutationIn {
+                    collection: "Sessions".into(),
+                    ..ok.clone()
+                },
+                "invalid_collection",
+            ),
+            (
+                MutationIn {
+                    id: String::new(),
+                    ..ok.clone()
+                },
+                "invalid_id",
+            ),
+            (
+                MutationIn {
+                    mutation_id: String::new(),
+                    ..ok.clone()
+                },
+                "invalid_mutation_id",
+            ),
+            (
+                MutationIn {
+                    hlc: "yesterday".into(),
+                    ..ok.clone()
+                },
+                "invalid_hlc",
+            ),
+            (
+                MutationIn {
+                    hlc: "001764173500000-00000-laptop".into(),
+                    ..ok.clone()
+                },
+                "clock_skew",
+            ),
+            (
+                MutationIn {
+                    fields: Some(serde_json::Map::new()),
+                    ..ok.clone()
+                },
+                "invalid_op",
+            ),
+            (
+                MutationIn {
+                    fields: json!({"t": "a long long value"}).as_object().cloned(),
+                    ..ok.clone()
+                },
+                "field_too_large",
+            ),
+            (
+                MutationIn {
+                    op: OpName::Delete,
+                    ..ok.clone()
+                },
+                "invalid_op",
+            ),
         ];
         for (mutation, code) in cases {
-            assert_eq!(Mutation::validate(&mutation, &limits, NOW).expect_err(code).code, code);
+            assert_eq!(
+                Mutation::validate(&mutation, &limits, NOW).expect_err(code).code,
+                code
+            );
         }
     }
 
     #[test]
     fn a_batch_gives_each_changed_record_one_seq_and_answers_duplicates() {
         let mutations = vec![
-            valid(&wire("m1", "a", "001764172800000-00000-laptop", Some(json!({"t": 1})))),
-            valid(&wire("m2", "b", "001764172800000-00001-laptop", Some(json!({"t": 2})))),
-            valid(&wire("m3", "a", "001764172800000-00002-laptop", Some(json!({"u": 3})))),
-            valid(&wire("m1", "a", "001764172800000-00003-laptop", Some(json!({"t": 9})))),
-            valid(&wire("m0", "c", "001764172800000-00004-laptop", Some(json!({"t": 0})))),
+            valid(&wire(
+                "m1",
+                "a",
+                "001764172800000-00000-laptop",
+                Some(json!({"t": 1})),
+            )),
+            valid(&wire(
+                "m2",
+                "b",
+                "001764172800000-00001-laptop",
+                Some(json!({"t": 2})),
+            )),
+            valid(&wire(
+                "m3",
+                "a",
+                "001764172800000-00002-laptop",
+                Some(json!({"u": 3})),
+            )),
+            valid(&wire(
+                "m1",
+                "a",
+                "001764172800000-00003-laptop",
+                Some(json!({"t": 9})),
+            )),
+            valid(&wire(
+                "m0",
+                "c",
+                "001764172800000-00004-laptop",
+                Some(json!({"t": 0})),
+            )),
         ];
         let seen = HashMap::from([("m0".to_owned(), Seq(3))]);
         let mut records = HashMap::new();
         let plan = plan(Seq(7), &mutations, &mut records, &seen, NOW, "server").expect("plan");
         let seqs: Vec<_> = plan.results.iter().map(|r| (r.status, r.seq.0)).collect();
         use MutationStatus::*;
-        assert_eq!(seqs, vec![(Applied, 8), (Applied, 9), (Applied, 8), (Duplicate, 8), (Duplicate, 3)]);
+        assert_eq!(
+            seqs,
+            vec![
+                (Applied, 8),
+                (Applied, 9),
+                (Applied, 8),
+                (Duplicate, 8),
+                (Duplicate, 3)
+            ]
+        );
         assert_eq!(plan.head, Seq(9));
-        let changed: Vec<_> = plan.changed.iter().map(|(k, r)| (k.id.as_str(), r.seq.0)).collect();
+        let changed: Vec<_> = plan
+            .changed
+            .iter()
+            .map(|(k, r)| (k.id.as_str(), r.seq.0))
+            .collect();
         assert_eq!(changed, vec![("a", 8), ("b", 9)]);
         assert_eq!(plan.applied.len(), 3);
     }
@@ -292,22 +448,43 @@ mod tests {
     #[test]
     fn a_failed_precondition_reports_the_current_record() {
         let mut records = HashMap::new();
-        let first = valid(&wire("m1", "a", "001764172800000-00000-laptop", Some(json!({"t": 1}))));
+        let first = valid(&wire(
+            "m1",
+            "a",
+            "001764172800000-00000-laptop",
+            Some(json!({"t": 1})),
+        ));
         let done = plan(Seq(0), &[first], &mut records, &HashMap::new(), NOW, "server").expect("plan");
         let mut stored: HashMap<_, _> = done.changed.into_iter().collect();
         let put = Mutation {
             mutation_id: "m2".into(),
-            key: RecordKey { collection: "sessions".into(), id: "a".into() },
+            key: RecordKey {
+                collection: "sessions".into(),
+                id: "a".into(),
+            },
             op: Op::Upsert(json!({"t": 2}).as_object().cloned().expect("object")),
             hlc: None,
             base_seq: None,
             precondition: Some(Precondition::Seq(Seq(5))),
         };
-        match plan(Seq(1), std::slice::from_ref(&put), &mut stored.clone(), &HashMap::new(), NOW, "server") {
-            Err(PlanError::PreconditionFailed { current: Some(current), .. }) => assert_eq!(current.seq, Seq(1)),
+        match plan(
+            Seq(1),
+            std::slice::from_ref(&put),
+            &mut stored.clone(),
+            &HashMap::new(),
+            NOW,
+            "server",
+        ) {
+            Err(PlanError::PreconditionFailed {
+                current: Some(current),
+                ..
+            }) => assert_eq!(current.seq, Seq(1)),
             other => panic!("{other:?}"),
         }
-        let put = Mutation { precondition: Some(Precondition::Seq(Seq(1))), ..put };
+        let put = Mutation {
+            precondition: Some(Precondition::Seq(Seq(1))),
+            ..put
+        };
         let done = plan(Seq(1), &[put], &mut stored, &HashMap::new(), NOW, "server").expect("plan");
         let (_, record) = &done.changed[0];
         assert_eq!(record.visible().0["t"], json!(2));

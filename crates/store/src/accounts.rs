@@ -202,6 +202,7 @@ pub trait AccountStore {
 
 pub(crate) const INSERT_USER: &str =
     "INSERT INTO users (user_id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)";
+pub(crate) const INSERT_FEED_HEAD: &str = "INSERT INTO feed_heads (user_id, seq, epoch) VALUES ($1, 0, $2)";
 pub(crate) const INSERT_DEVICE: &str =
     "INSERT INTO devices (user_id, device_id, name, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $4)";
 pub(crate) const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (user_id, token_hash, device_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
@@ -324,6 +325,12 @@ macro_rules! impl_account_store {
                     .bind(user.email.as_str())
                     .bind(user.password_hash.expose())
                     .bind(user.created_at.as_millis())
+                    .execute(&mut *tx)
+                    .await?;
+                // Every feed starts in its own epoch, so a cursor never fits another user's feed.
+                sqlx::query(INSERT_FEED_HEAD)
+                    .bind(user.id.as_uuid())
+                    .bind(uuid::Uuid::new_v4().simple().to_string())
                     .execute(&mut *tx)
                     .await?;
                 if let Some(device) = device {

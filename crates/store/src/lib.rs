@@ -2,6 +2,7 @@
 //! implementation ([`SqliteStore`], the zero-setup default) and a PostgreSQL one ([`PgStore`]).
 //!
 //! - [`accounts`]: users, devices, refresh-token families, password resets, app passwords.
+//! - [`sync`]: records, the per-user change feed, mutation ids, conflicts; the one write path.
 //! - [`sqlite`], [`postgres`]: connection set-up and migrations of each backend.
 //! - [`error`]: [`StoreError`], which tells "conflict" from "database down" from a bug.
 //!
@@ -13,11 +14,13 @@ pub mod accounts;
 pub mod error;
 pub mod postgres;
 pub mod sqlite;
+pub mod sync;
 
 pub use accounts::AccountStore;
 pub use error::StoreError;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
+pub use sync::SyncStore;
 
 use async_trait::async_trait;
 use std::path::Path;
@@ -25,7 +28,7 @@ use std::sync::Arc;
 
 /// Everything the server needs from persistence.
 #[async_trait]
-pub trait Store: AccountStore + std::fmt::Debug + Send + Sync + 'static {
+pub trait Store: AccountStore + SyncStore + std::fmt::Debug + Send + Sync + 'static {
     /// Cheap round trip that proves the database answers (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -1,23 +1,40 @@
 //! [`PgStore`]: PostgreSQL, for larger installations and for several server instances sharing
 //! one database.
 
+use crate::sync::{Conflict, SyncTx};
 use crate::{Store, StoreError};
 use async_trait::async_trait;
+use nextsync_core::ids::{ConflictId, Seq, UserId};
+use nextsync_core::push::RecordKey;
+use nextsync_core::sync::StoredRecord;
+use nextsync_core::time::Timestamp;
+use sqlx::Row as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::{PgPool, SqlSafeStr};
+use std::collections::HashMap;
 use std::str::FromStr;
 use std::time::Duration;
 
 /// Migrations, embedded in the binary. Never edit one that has landed: add the next.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "accounts".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/postgres/0001_accounts.sql").into_sql_str(),
-        false,
-    )])
+    let migration = |version, name: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "accounts",
+            include_str!("../migrations/postgres/0001_accounts.sql"),
+        ),
+        migration(2, "sync", include_str!("../migrations/postgres/0002_sync.sql")),
+    ])
 }
 
 #[derive(Debug, Clone)]
@@ -50,6 +67,10 @@ impl PgStore {
     pub(crate) fn reader(&self) -> &PgPool {
         &self.pool
     }
+
+    async fn begin_write(&self) -> Result<PgTx, StoreError> {
+        Ok(PgTx(self.pool.begin().await?))
+    }
 }
 
 #[async_trait]
@@ -66,4 +87,144 @@ impl Store for PgStore {
 
 mod accounts {
     crate::accounts::impl_account_store!(super::PgStore, sqlx::postgres::PgRow);
+}
+
+mod shared_sync {
+    crate::sync::impl_shared_sync!(
+        sqlx::Transaction<'static, sqlx::Postgres>,
+        super::PgStore,
+        sqlx::postgres::PgRow
+    );
+}
+
+/// A write transaction; batches cross into PostgreSQL as arrays expanded with `UNNEST`.
+pub(crate) struct PgTx(sqlx::Transaction<'static, sqlx::Postgres>);
+
+const SEEN_MUTATIONS: &str =
+    "SELECT mutation_id, seq FROM applied_mutations WHERE user_id = $1 AND mutation_id = ANY($2)";
+const LOAD_RECORDS: &str = "SELECT r.collection, r.record_id, r.fields, r.tombstone, r.tombstone_seq, r.seq \
+     FROM UNNEST($2::text[], $3::text[]) AS k (collection, record_id) JOIN records AS r \
+     ON r.user_id = $1 AND r.collection = k.collection AND r.record_id = k.record_id";
+const STORE_RECORDS: &str = "INSERT INTO records (user_id, collection, record_id, fields, tombstone, tombstone_seq, seq) \
+     SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[]) \
+     ON CONFLICT (user_id, collection, record_id) DO UPDATE SET fields = excluded.fields, \
+     tombstone = excluded.tombstone, tombstone_seq = excluded.tombstone_seq, seq = excluded.seq";
+const REMEMBER_MUTATIONS: &str = "INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) \
+     SELECT $1, *, $4 FROM UNNEST($2::text[], $3::int8[])";
+
+#[async_trait]
+impl SyncTx for PgTx {
+    async fn lock_head(&mut self, user: UserId) -> Result<(Seq, String), StoreError> {
+        // The row lock serializes this user's writers until commit: seqs commit in order.
+        shared_sync::head(&mut self.0, user, " FOR UPDATE").await
+    }
+
+    async fn seen_mutations(
+        &mut self,
+        user: UserId,
+        ids: &[&str],
+    ) -> Result<HashMap<String, Seq>, StoreError> {
+        let rows = sqlx::query(SEEN_MUTATIONS)
+            .bind(user.as_uuid())
+            .bind(ids)
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("mutation_id")?,
+                    Seq(row.try_get::<i64, _>("seq")? as u64),
+                ))
+            })
+            .collect()
+    }
+
+    async fn load_records(
+        &mut self,
+        user: UserId,
+        keys: &[&RecordKey],
+    ) -> Result<HashMap<RecordKey, StoredRecord>, StoreError> {
+        let collections: Vec<&str> = keys.iter().map(|k| k.collection.as_str()).collect();
+        let ids: Vec<&str> = keys.iter().map(|k| k.id.as_str()).collect();
+        let rows = sqlx::query(LOAD_RECORDS)
+            .bind(user.as_uuid())
+            .bind(collections)
+            .bind(ids)
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter().map(shared_sync::record_row).collect()
+    }
+
+    async fn store_records(
+        &mut self,
+        user: UserId,
+        records: &[(RecordKey, StoredRecord)],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let mut collections = Vec::with_capacity(records.len());
+        let mut ids = Vec::with_capacity(records.len());
+        let mut fields = Vec::with_capacity(records.len());
+        let mut tombstones = Vec::with_capacity(records.len());
+        let mut tombstone_seqs = Vec::with_capacity(records.len());
+        let mut seqs = Vec::with_capacity(records.len());
+        for (key, r) in records {
+            collections.push(key.collection.as_str());
+            ids.push(key.id.as_str());
+            fields.push(r.encode_fields());
+            tombstones.push(r.record.tombstone.as_ref().map(ToString::to_string));
+            tombstone_seqs.push(r.tombstone_seq.map(|s| s.0 as i64));
+            seqs.push(r.seq.0 as i64);
+        }
+        sqlx::query(STORE_RECORDS)
+            .bind(user.as_uuid())
+            .bind(collections)
+            .bind(ids)
+            .bind(fields)
+            .bind(tombstones)
+            .bind(tombstone_seqs)
+            .bind(seqs)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn remember_mutations(
+        &mut self,
+        user: UserId,
+        applied: &[(String, Seq)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if applied.is_empty() {
+            return Ok(());
+        }
+        let ids: Vec<&str> = applied.iter().map(|(id, _)| id.as_str()).collect();
+        let seqs: Vec<i64> = applied.iter().map(|(_, seq)| seq.0 as i64).collect();
+        sqlx::query(REMEMBER_MUTATIONS)
+            .bind(user.as_uuid())
+            .bind(ids)
+            .bind(seqs)
+            .bind(now.as_millis())
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_conflicts(&mut self, user: UserId, conflicts: &[Conflict]) -> Result<(), StoreError> {
+        shared_sync::insert_conflicts(&mut self.0, user, conflicts).await
+    }
+
+    async fn mark_resolved(
+        &mut self,
+        user: UserId,
+        id: ConflictId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        shared_sync::mark_resolved(&mut self.0, user, id, now).await
+    }
+
+    async fn set_head(&mut self, user: UserId, seq: Seq) -> Result<(), StoreError> {
+        shared_sync::set_head(&mut self.0, user, seq).await
+    }
 }

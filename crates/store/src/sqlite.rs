@@ -5,23 +5,41 @@
 //! lets run beside the writer. `synchronous = FULL`: a write is on disk before it is
 //! acknowledged, so neither a crash nor a power cut loses an acknowledged write.
 
+use crate::sync::{Conflict, SyncTx};
 use crate::{Store, StoreError};
 use async_trait::async_trait;
+use nextsync_core::ids::{ConflictId, Seq, UserId};
+use nextsync_core::push::RecordKey;
+use nextsync_core::sync::StoredRecord;
+use nextsync_core::time::Timestamp;
+use serde_json::{Value, json};
+use sqlx::Row as _;
 use sqlx::migrate::{Migration, MigrationType, Migrator};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{SqlSafeStr, SqlitePool};
+use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
 /// Migrations, embedded in the binary. Never edit one that has landed: add the next.
 fn migrator() -> Migrator {
-    Migrator::with_migrations(vec![Migration::new(
-        1,
-        "accounts".into(),
-        MigrationType::Simple,
-        include_str!("../migrations/sqlite/0001_accounts.sql").into_sql_str(),
-        false,
-    )])
+    let migration = |version, name: &'static str, sql: &'static str| {
+        Migration::new(
+            version,
+            name.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
+    };
+    Migrator::with_migrations(vec![
+        migration(
+            1,
+            "accounts",
+            include_str!("../migrations/sqlite/0001_accounts.sql"),
+        ),
+        migration(2, "sync", include_str!("../migrations/sqlite/0002_sync.sql")),
+    ])
 }
 
 #[derive(Debug, Clone)]
@@ -59,6 +77,13 @@ impl SqliteStore {
     pub(crate) fn reader(&self) -> &SqlitePool {
         &self.reader
     }
+
+    /// A write transaction that holds SQLite's write lock from its first statement, so it can
+    /// never fail half-way to upgrade a read lock (another process, like `nextsync admin`,
+    /// may be writing the same file).
+    async fn begin_write(&self) -> Result<SqliteTx, StoreError> {
+        Ok(SqliteTx(self.writer.begin_with("BEGIN IMMEDIATE").await?))
+    }
 }
 
 #[async_trait]
@@ -75,4 +100,135 @@ impl Store for SqliteStore {
 
 mod accounts {
     crate::accounts::impl_account_store!(super::SqliteStore, sqlx::sqlite::SqliteRow);
+}
+
+mod shared_sync {
+    crate::sync::impl_shared_sync!(
+        sqlx::Transaction<'static, sqlx::Sqlite>,
+        super::SqliteStore,
+        sqlx::sqlite::SqliteRow
+    );
+}
+
+/// A write transaction; batches cross into SQLite as one JSON array walked with `json_each`.
+pub(crate) struct SqliteTx(sqlx::Transaction<'static, sqlx::Sqlite>);
+
+const SEEN_MUTATIONS: &str = "SELECT mutation_id, seq FROM applied_mutations \
+     WHERE user_id = $1 AND mutation_id IN (SELECT value FROM json_each($2))";
+const LOAD_RECORDS: &str = "SELECT r.collection, r.record_id, r.fields, r.tombstone, r.tombstone_seq, r.seq \
+     FROM json_each($2) AS k JOIN records AS r ON r.user_id = $1 \
+     AND r.collection = json_extract(k.value, '$[0]') AND r.record_id = json_extract(k.value, '$[1]')";
+const STORE_RECORDS: &str = "INSERT INTO records (user_id, collection, record_id, fields, tombstone, tombstone_seq, seq) \
+     SELECT $1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
+     json_extract(value, '$[3]'), json_extract(value, '$[4]'), json_extract(value, '$[5]') FROM json_each($2) WHERE true \
+     ON CONFLICT (user_id, collection, record_id) DO UPDATE SET fields = excluded.fields, \
+     tombstone = excluded.tombstone, tombstone_seq = excluded.tombstone_seq, seq = excluded.seq";
+const REMEMBER_MUTATIONS: &str = "INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) \
+     SELECT $1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), $3 FROM json_each($2)";
+
+#[async_trait]
+impl SyncTx for SqliteTx {
+    async fn lock_head(&mut self, user: UserId) -> Result<(Seq, String), StoreError> {
+        // BEGIN IMMEDIATE already holds the database's write lock.
+        shared_sync::head(&mut self.0, user, "").await
+    }
+
+    async fn seen_mutations(
+        &mut self,
+        user: UserId,
+        ids: &[&str],
+    ) -> Result<HashMap<String, Seq>, StoreError> {
+        let rows = sqlx::query(SEEN_MUTATIONS)
+            .bind(user.as_uuid())
+            .bind(Value::from(ids.to_vec()).to_string())
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    row.try_get("mutation_id")?,
+                    Seq(row.try_get::<i64, _>("seq")? as u64),
+                ))
+            })
+            .collect()
+    }
+
+    async fn load_records(
+        &mut self,
+        user: UserId,
+        keys: &[&RecordKey],
+    ) -> Result<HashMap<RecordKey, StoredRecord>, StoreError> {
+        let keys: Vec<Value> = keys.iter().map(|k| json!([k.collection, k.id])).collect();
+        let rows = sqlx::query(LOAD_RECORDS)
+            .bind(user.as_uuid())
+            .bind(Value::from(keys).to_string())
+            .fetch_all(&mut *self.0)
+            .await?;
+        rows.iter().map(shared_sync::record_row).collect()
+    }
+
+    async fn store_records(
+        &mut self,
+        user: UserId,
+        records: &[(RecordKey, StoredRecord)],
+    ) -> Result<(), StoreError> {
+        if records.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Value> = records
+            .iter()
+            .map(|(key, r)| {
+                json!([
+                    key.collection,
+                    key.id,
+                    r.encode_fields(),
+                    r.record.tombstone.as_ref().map(ToString::to_string),
+                    r.tombstone_seq.map(|s| s.0),
+                    r.seq.0
+                ])
+            })
+            .collect();
+        sqlx::query(STORE_RECORDS)
+            .bind(user.as_uuid())
+            .bind(Value::from(rows).to_string())
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn remember_mutations(
+        &mut self,
+        user: UserId,
+        applied: &[(String, Seq)],
+        now: Timestamp,
+    ) -> Result<(), StoreError> {
+        if applied.is_empty() {
+            return Ok(());
+        }
+        let rows: Vec<Value> = applied.iter().map(|(id, seq)| json!([id, seq.0])).collect();
+        sqlx::query(REMEMBER_MUTATIONS)
+            .bind(user.as_uuid())
+            .bind(Value::from(rows).to_string())
+            .bind(now.as_millis())
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_conflicts(&mut self, user: UserId, conflicts: &[Conflict]) -> Result<(), StoreError> {
+        shared_sync::insert_conflicts(&mut self.0, user, conflicts).await
+    }
+
+    async fn mark_resolved(
+        &mut self,
+        user: UserId,
+        id: ConflictId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError> {
+        shared_sync::mark_resolved(&mut self.0, user, id, now).await
+    }
+
+    async fn set_head(&mut self, user: UserId, seq: Seq) -> Result<(), StoreError> {
+        shared_sync::set_head(&mut self.0, user, seq).await
+    }
 }

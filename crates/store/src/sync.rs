@@ -1,0 +1,387 @@
+//! [`SyncStore`]: records, the per-user change feed, remembered mutation ids and conflicts.
+//!
+//! [`SyncStore::apply`] is the only way records are written. In one transaction it takes the
+//! user's feed-head lock, reads the touched records and the already-seen mutation ids, runs
+//! the pure [`plan`], and writes the plan. Holding the head lock for the whole transaction
+//! serializes one user's writers (PostgreSQL: `SELECT … FOR UPDATE`; SQLite: a single writer
+//! with `BEGIN IMMEDIATE`), so seqs commit in order and a reader can never pass a seq that
+//! becomes visible later.
+//!
+//! The backends differ only in how a batch crosses the wire (a JSON array walked with
+//! `json_each` on SQLite, arrays with `UNNEST` on PostgreSQL); [`SyncTx`] hides that, and
+//! [`run_apply`] is the one orchestration both share.
+
+use crate::StoreError;
+use async_trait::async_trait;
+use nextsync_core::api::MutationResult;
+use nextsync_core::hlc::HlcError;
+use nextsync_core::ids::{ConflictId, Seq, UserId};
+use nextsync_core::push::{Mutation, PlanError, RecordKey, plan};
+use nextsync_core::sync::{Side, StoredRecord};
+use nextsync_core::time::Timestamp;
+use std::collections::HashMap;
+use thiserror::Error;
+
+/// The node name in stamps the server makes (records API writes, conflict resolutions).
+pub const SERVER_NODE: &str = "server";
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    pub id: ConflictId,
+    pub key: RecordKey,
+    pub field: String,
+    pub kept: Side,
+    pub lost: Side,
+    pub created_at: Timestamp,
+}
+
+/// What an applied push did.
+#[derive(Debug, Clone)]
+pub struct Applied {
+    pub results: Vec<MutationResult>,
+    pub conflicts: Vec<Conflict>,
+    /// The user's feed head after the push.
+    pub head: Seq,
+    pub epoch: String,
+    /// The records as stored after the push, for the ones it changed.
+    pub changed: Vec<(RecordKey, StoredRecord)>,
+}
+
+#[derive(Debug, Error)]
+pub enum ApplyError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A precondition failed; nothing was written.
+    #[error("precondition failed for {}/{}", key.collection, key.id)]
+    PreconditionFailed {
+        key: RecordKey,
+        current: Option<StoredRecord>,
+    },
+    /// The conflict to resolve is unknown or already resolved; nothing was written.
+    #[error("conflict already resolved or unknown")]
+    ConflictGone,
+    #[error("stamp overflow")]
+    Clock(#[source] HlcError),
+}
+
+/// One page of a user's feed.
+#[derive(Debug, Clone)]
+pub struct Feed {
+    pub epoch: String,
+    /// In seq order.
+    pub records: Vec<(RecordKey, StoredRecord)>,
+}
+
+#[async_trait]
+pub trait SyncStore {
+    /// Applies `mutations` atomically (see the module doc). With `resolves`, also marks that
+    /// conflict resolved in the same transaction, or fails with [`ApplyError::ConflictGone`].
+    async fn apply(
+        &self,
+        user: UserId,
+        mutations: &[Mutation],
+        now: Timestamp,
+        resolves: Option<ConflictId>,
+    ) -> Result<Applied, ApplyError>;
+
+    /// Up to `limit` records with seq above `since`, in seq order, and the feed's epoch.
+    async fn pull(&self, user: UserId, since: Seq, limit: u32) -> Result<Feed, StoreError>;
+
+    async fn record(&self, user: UserId, key: &RecordKey) -> Result<Option<StoredRecord>, StoreError>;
+
+    /// Unresolved conflicts, oldest first.
+    async fn conflicts(&self, user: UserId) -> Result<Vec<Conflict>, StoreError>;
+
+    async fn conflict(&self, user: UserId, id: ConflictId) -> Result<Option<Conflict>, StoreError>;
+}
+
+/// The steps of one apply transaction, per backend.
+#[async_trait]
+pub(crate) trait SyncTx: Send {
+    /// Locks the user's feed head until commit; returns (seq, epoch).
+    async fn lock_head(&mut self, user: UserId) -> Result<(Seq, String), StoreError>;
+    async fn seen_mutations(
+        &mut self,
+        user: UserId,
+        ids: &[&str],
+    ) -> Result<HashMap<String, Seq>, StoreError>;
+    async fn load_records(
+        &mut self,
+        user: UserId,
+        keys: &[&RecordKey],
+    ) -> Result<HashMap<RecordKey, StoredRecord>, StoreError>;
+    async fn store_records(
+        &mut self,
+        user: UserId,
+        records: &[(RecordKey, StoredRecord)],
+    ) -> Result<(), StoreError>;
+    async fn remember_mutations(
+        &mut self,
+        user: UserId,
+        applied: &[(String, Seq)],
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+    async fn insert_conflicts(&mut self, user: UserId, conflicts: &[Conflict]) -> Result<(), StoreError>;
+    /// False when the conflict is unknown or already resolved.
+    async fn mark_resolved(
+        &mut self,
+        user: UserId,
+        id: ConflictId,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+    async fn set_head(&mut self, user: UserId, seq: Seq) -> Result<(), StoreError>;
+}
+
+/// The one apply orchestration; the caller begins and commits the transaction.
+pub(crate) async fn run_apply<T: SyncTx>(
+    tx: &mut T,
+    user: UserId,
+    mutations: &[Mutation],
+    now: Timestamp,
+    resolves: Option<ConflictId>,
+) -> Result<Applied, ApplyError> {
+    let (head, epoch) = tx.lock_head(user).await?;
+    if let Some(id) = resolves
+        && !tx.mark_resolved(user, id, now).await?
+    {
+        return Err(ApplyError::ConflictGone);
+    }
+    let ids: Vec<&str> = mutations.iter().map(|m| m.mutation_id.as_str()).collect();
+    let seen = tx.seen_mutations(user, &ids).await?;
+    let mut keys: Vec<&RecordKey> = mutations.iter().map(|m| &m.key).collect();
+    keys.sort();
+    keys.dedup();
+    let mut records = tx.load_records(user, &keys).await?;
+    let now_ms = u64::try_from(now.as_millis()).unwrap_or(0);
+    let plan = plan(head, mutations, &mut records, &seen, now_ms, SERVER_NODE).map_err(|e| match e {
+        PlanError::PreconditionFailed { key, current } => ApplyError::PreconditionFailed { key, current },
+        PlanError::Clock(e) => ApplyError::Clock(e),
+    })?;
+    let conflicts: Vec<Conflict> = plan
+        .conflicts
+        .into_iter()
+        .map(|(key, draft)| Conflict {
+            id: ConflictId::new(),
+            key,
+            field: draft.field,
+            kept: draft.kept,
+            lost: draft.lost,
+            created_at: now,
+        })
+        .collect();
+    tx.store_records(user, &plan.changed).await?;
+    tx.remember_mutations(user, &plan.applied, now).await?;
+    tx.insert_conflicts(user, &conflicts).await?;
+    if plan.head != head {
+        tx.set_head(user, plan.head).await?;
+    }
+    Ok(Applied {
+        results: plan.results,
+        conflicts,
+        head: plan.head,
+        epoch,
+        changed: plan.changed,
+    })
+}
+
+// SQL both backends share.
+pub(crate) const SET_HEAD: &str = "UPDATE feed_heads SET seq = $2 WHERE user_id = $1";
+pub(crate) const SELECT_HEAD: &str = "SELECT seq, epoch FROM feed_heads WHERE user_id = $1";
+pub(crate) const MARK_RESOLVED: &str =
+    "UPDATE conflicts SET resolved_at = $3 WHERE user_id = $1 AND conflict_id = $2 AND resolved_at IS NULL";
+pub(crate) const INSERT_CONFLICT: &str = "INSERT INTO conflicts \
+     (user_id, conflict_id, collection, record_id, field, kept, lost, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+pub(crate) const SELECT_FEED: &str = "SELECT collection, record_id, fields, tombstone, tombstone_seq, seq \
+     FROM records WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
+pub(crate) const SELECT_RECORD: &str = "SELECT collection, record_id, fields, tombstone, tombstone_seq, seq \
+     FROM records WHERE user_id = $1 AND collection = $2 AND record_id = $3";
+pub(crate) const SELECT_CONFLICTS: &str = "SELECT conflict_id, collection, record_id, field, kept, lost, created_at \
+     FROM conflicts WHERE user_id = $1 AND resolved_at IS NULL ORDER BY created_at, conflict_id";
+pub(crate) const SELECT_CONFLICT: &str = "SELECT conflict_id, collection, record_id, field, kept, lost, created_at \
+     FROM conflicts WHERE user_id = $1 AND conflict_id = $2 AND resolved_at IS NULL";
+
+pub(crate) fn encode_side(side: &Side) -> String {
+    serde_json::to_string(side).unwrap_or_else(|_| "null".to_owned())
+}
+
+pub(crate) fn decode_side(text: &str) -> Result<Side, StoreError> {
+    serde_json::from_str(text).map_err(|e| StoreError::Corrupt(format!("conflict side: {e}")))
+}
+
+/// Implements the parts of [`SyncTx`] and [`SyncStore`] whose SQL both backends share, for a
+/// store with `writer()`/`reader()` pools. Invoke inside a module of its own.
+macro_rules! impl_shared_sync {
+    ($tx:ty, $store:ty, $row:ty) => {
+        use nextsync_core::ids::{ConflictId, Seq, UserId};
+        use nextsync_core::push::RecordKey;
+        use nextsync_core::sync::StoredRecord;
+        use nextsync_core::time::Timestamp;
+        use sqlx::Row as _;
+        use $crate::StoreError;
+        use $crate::sync::*;
+
+        pub(crate) fn record_row(row: &$row) -> Result<(RecordKey, StoredRecord), StoreError> {
+            let key = RecordKey {
+                collection: row.try_get("collection")?,
+                id: row.try_get("record_id")?,
+            };
+            let fields: String = row.try_get("fields")?;
+            let tombstone: Option<String> = row.try_get("tombstone")?;
+            let tombstone_seq: Option<i64> = row.try_get("tombstone_seq")?;
+            let seq: i64 = row.try_get("seq")?;
+            let record = StoredRecord::decode(
+                &fields,
+                tombstone.as_deref(),
+                tombstone_seq.map(|s| Seq(s as u64)),
+                Seq(seq as u64),
+            )
+            .map_err(StoreError::Corrupt)?;
+            Ok((key, record))
+        }
+
+        fn conflict_row(row: &$row) -> Result<Conflict, StoreError> {
+            Ok(Conflict {
+                id: ConflictId::from_uuid(row.try_get("conflict_id")?),
+                key: RecordKey {
+                    collection: row.try_get("collection")?,
+                    id: row.try_get("record_id")?,
+                },
+                field: row.try_get("field")?,
+                kept: decode_side(&row.try_get::<String, _>("kept")?)?,
+                lost: decode_side(&row.try_get::<String, _>("lost")?)?,
+                created_at: Timestamp::from_millis(row.try_get("created_at")?),
+            })
+        }
+
+        pub(crate) async fn insert_conflicts(
+            tx: &mut $tx,
+            user: UserId,
+            conflicts: &[Conflict],
+        ) -> Result<(), StoreError> {
+            for c in conflicts {
+                sqlx::query(INSERT_CONFLICT)
+                    .bind(user.as_uuid())
+                    .bind(c.id.as_uuid())
+                    .bind(&c.key.collection)
+                    .bind(&c.key.id)
+                    .bind(&c.field)
+                    .bind(encode_side(&c.kept))
+                    .bind(encode_side(&c.lost))
+                    .bind(c.created_at.as_millis())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(())
+        }
+
+        pub(crate) async fn mark_resolved(
+            tx: &mut $tx,
+            user: UserId,
+            id: ConflictId,
+            now: Timestamp,
+        ) -> Result<bool, StoreError> {
+            let done = sqlx::query(MARK_RESOLVED)
+                .bind(user.as_uuid())
+                .bind(id.as_uuid())
+                .bind(now.as_millis())
+                .execute(&mut **tx)
+                .await?;
+            Ok(done.rows_affected() == 1)
+        }
+
+        pub(crate) async fn set_head(tx: &mut $tx, user: UserId, seq: Seq) -> Result<(), StoreError> {
+            sqlx::query(SET_HEAD)
+                .bind(user.as_uuid())
+                .bind(seq.0 as i64)
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
+        pub(crate) async fn head(
+            tx: &mut $tx,
+            user: UserId,
+            lock: &'static str,
+        ) -> Result<(Seq, String), StoreError> {
+            let sql = sqlx::AssertSqlSafe(format!("{SELECT_HEAD}{lock}"));
+            let row = sqlx::query(sql)
+                .bind(user.as_uuid())
+                .fetch_optional(&mut **tx)
+                .await?;
+            let row = row.ok_or_else(|| StoreError::Corrupt(format!("user {user} has no feed head")))?;
+            Ok((
+                Seq(row.try_get::<i64, _>("seq")? as u64),
+                row.try_get("epoch")?,
+            ))
+        }
+
+        #[async_trait::async_trait]
+        impl SyncStore for $store {
+            async fn apply(
+                &self,
+                user: UserId,
+                mutations: &[nextsync_core::push::Mutation],
+                now: Timestamp,
+                resolves: Option<ConflictId>,
+            ) -> Result<Applied, ApplyError> {
+                let mut tx = self.begin_write().await?;
+                let applied = run_apply(&mut tx, user, mutations, now, resolves).await?;
+                tx.0.commit().await.map_err(StoreError::from)?;
+                Ok(applied)
+            }
+
+            async fn pull(&self, user: UserId, since: Seq, limit: u32) -> Result<Feed, StoreError> {
+                // Read the epoch first: a head written after this read only adds records.
+                let epoch: String = sqlx::query_scalar("SELECT epoch FROM feed_heads WHERE user_id = $1")
+                    .bind(user.as_uuid())
+                    .fetch_optional(self.reader())
+                    .await?
+                    .ok_or_else(|| StoreError::Corrupt(format!("user {user} has no feed head")))?;
+                let rows = sqlx::query(SELECT_FEED)
+                    .bind(user.as_uuid())
+                    .bind(i64::try_from(since.0).unwrap_or(i64::MAX))
+                    .bind(i64::from(limit))
+                    .fetch_all(self.reader())
+                    .await?;
+                let records = rows.iter().map(record_row).collect::<Result<_, _>>()?;
+                Ok(Feed { epoch, records })
+            }
+
+            async fn record(
+                &self,
+                user: UserId,
+                key: &RecordKey,
+            ) -> Result<Option<StoredRecord>, StoreError> {
+                let row = sqlx::query(SELECT_RECORD)
+                    .bind(user.as_uuid())
+                    .bind(&key.collection)
+                    .bind(&key.id)
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref()
+                    .map(record_row)
+                    .transpose()
+                    .map(|r| r.map(|(_, record)| record))
+            }
+
+            async fn conflicts(&self, user: UserId) -> Result<Vec<Conflict>, StoreError> {
+                let rows = sqlx::query(SELECT_CONFLICTS)
+                    .bind(user.as_uuid())
+                    .fetch_all(self.reader())
+                    .await?;
+                rows.iter().map(conflict_row).collect()
+            }
+
+            async fn conflict(&self, user: UserId, id: ConflictId) -> Result<Option<Conflict>, StoreError> {
+                let row = sqlx::query(SELECT_CONFLICT)
+                    .bind(user.as_uuid())
+                    .bind(id.as_uuid())
+                    .fetch_optional(self.reader())
+                    .await?;
+                row.as_ref().map(conflict_row).transpose()
+            }
+        }
+    };
+}
+
+pub(crate) use impl_shared_sync;
