@@ -233,7 +233,7 @@ pub fn plan(
             Some(Precondition::Seq(seq)) => exists && record.seq == seq,
         };
         if !precondition_holds {
-            let current = (record.seq > Seq(0)).then(|| record.clone());
+            let current = (record.seq > Seq(0)).then(|| Box::new(record.clone()));
             return Err(PlanError::PreconditionFailed {
                 key: m.key.clone(),
                 current,
