@@ -195,7 +195,7 @@ pub enum PlanError {
     /// A precondition failed; nothing is written. Carries the record's current state.
     PreconditionFailed {
         key: RecordKey,
-        current: Option<StoredRecord>,
+        current: Option<Box<StoredRecord>>,
     },
     Clock(HlcError),
 }

@@ -55,7 +55,7 @@ pub enum ApplyError {
     #[error("precondition failed for {}/{}", key.collection, key.id)]
     PreconditionFailed {
         key: RecordKey,
-        current: Option<StoredRecord>,
+        current: Option<Box<StoredRecord>>,
     },
     /// The conflict to resolve is unknown or already resolved; nothing was written.
     #[error("conflict already resolved or unknown")]
