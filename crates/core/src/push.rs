@@ -489,6 +489,6 @@ mod tests {
         let (_, record) = &done.changed[0];
         assert_eq!(record.visible().0["t"], json!(2));
         assert!(record.record.fields["t"].hlc.node() == "server");
-        assert!(record.record.fields["t"].hlc.to_string() > "001764172800000-00000-laptop".to_owned());
+        assert!(record.record.fields["t"].hlc.to_string().as_str() > "001764172800000-00000-laptop");
     }
 }
