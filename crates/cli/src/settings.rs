@@ -91,6 +91,15 @@ pub struct Settings {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "NEXTSYNC_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Most mutations one push may carry.
+    #[arg(long, env = "NEXTSYNC_MAX_MUTATIONS_PER_PUSH", value_name = "N")]
+    pub max_mutations_per_push: Option<usize>,
+    /// Largest field value in bytes (serialized JSON).
+    #[arg(long, env = "NEXTSYNC_MAX_FIELD_BYTES", value_name = "BYTES")]
+    pub max_field_bytes: Option<usize>,
+    /// How far ahead of the server's clock a write's stamp may be.
+    #[arg(long, env = "NEXTSYNC_MAX_CLOCK_SKEW", value_name = "DURATION")]
+    pub max_clock_skew: Option<DurationArg>,
 }
 
 macro_rules! layer {
@@ -135,6 +144,9 @@ impl Settings {
                 rate_limit_account_window,
                 trust_proxy_headers,
                 max_body_bytes,
+                max_mutations_per_push,
+                max_field_bytes,
+                max_clock_skew,
             ]
         )
     }
@@ -223,6 +235,18 @@ impl Settings {
         if let Some(bytes) = self.max_body_bytes {
             anyhow::ensure!(bytes >= 1024, "--max-body-bytes must be at least 1024");
             config.max_body_bytes = bytes;
+        }
+        let limits = &mut config.sync_limits;
+        if let Some(n) = self.max_mutations_per_push {
+            anyhow::ensure!(n >= 1, "--max-mutations-per-push must be at least 1");
+            limits.max_mutations = n;
+        }
+        if let Some(bytes) = self.max_field_bytes {
+            anyhow::ensure!(bytes >= 64, "--max-field-bytes must be at least 64");
+            limits.max_field_bytes = bytes;
+        }
+        if let Some(DurationArg(skew)) = self.max_clock_skew {
+            limits.max_clock_skew_ms = u64::try_from(skew.as_millis()).unwrap_or(u64::MAX);
         }
         Ok(config)
     }

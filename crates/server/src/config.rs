@@ -1,6 +1,7 @@
 //! [`Config`]: the server's fully resolved settings, built once in `main` (from flags,
 //! `NEXTSYNC_…` environment variables and the TOML file) and shared read-only.
 
+use nextsync_core::push::SyncLimits;
 use nextsync_core::secret::Secret;
 use serde::Serialize;
 use std::net::SocketAddr;
@@ -36,6 +37,8 @@ pub struct Config {
     /// Take the client address from `X-Forwarded-For` (only behind a reverse proxy you run).
     pub trust_proxy_headers: bool,
     pub max_body_bytes: usize,
+    #[serde(with = "limits")]
+    pub sync_limits: SyncLimits,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -115,6 +118,7 @@ impl Config {
             rate_limits: RateLimits::default(),
             trust_proxy_headers: false,
             max_body_bytes: 16 * 1024 * 1024,
+            sync_limits: SyncLimits::default(),
         }
     }
 
@@ -207,6 +211,21 @@ mod redact {
                 "postgres://db/x?user=a&password=[redacted]&sslmode=require"
             );
         }
+    }
+}
+
+/// Sync limits, as the printed config shows them.
+mod limits {
+    use nextsync_core::push::SyncLimits;
+    use serde::Serializer;
+    use serde::ser::SerializeStruct;
+
+    pub fn serialize<S: Serializer>(l: &SyncLimits, s: S) -> Result<S::Ok, S::Error> {
+        let mut out = s.serialize_struct("SyncLimits", 3)?;
+        out.serialize_field("max_mutations_per_push", &l.max_mutations)?;
+        out.serialize_field("max_field_bytes", &l.max_field_bytes)?;
+        out.serialize_field("max_clock_skew", &(l.max_clock_skew_ms / 1000))?;
+        out.end()
     }
 }
 

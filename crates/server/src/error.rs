@@ -15,6 +15,8 @@ pub struct ApiError {
     code: &'static str,
     message: Cow<'static, str>,
     retry_after: Option<Duration>,
+    /// An extra top-level member of the body beside `error` (a 412 carries `current`).
+    extra: Option<(&'static str, serde_json::Value)>,
     /// Logged for 5xx, never shown.
     source: Option<anyhow::Error>,
 }
@@ -26,6 +28,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            extra: None,
             source: None,
         }
     }
@@ -71,6 +74,12 @@ impl ApiError {
                 "internal server error",
             )
         }
+    }
+
+    /// Adds `"<key>": value` to the body beside `error`.
+    pub fn with_member(mut self, key: &'static str, value: serde_json::Value) -> Self {
+        self.extra = Some((key, value));
+        self
     }
 
     pub fn status(&self) -> StatusCode {

@@ -5,12 +5,15 @@
 //! - [`config`]: resolved settings; [`state`]: the shared [`AppState`]; [`router`]: layers.
 //! - [`auth`]: accounts, tokens, rate limits, the `AuthUser`/`AppPasswordUser` extractors.
 //! - [`account`]: `/v1/me`, devices, app passwords.
+//! - [`sync`]: the one write path (`sync::apply`), push, pull, conflicts, records API;
+//!   [`bus`]: "user U is at seq N" notices after every commit.
 //! - [`ops`]: health, readiness, metrics, OpenAPI; [`metrics`]: the Prometheus recorder.
 //! - [`mail`]: the log and SMTP mailers; [`secrets`]: keys generated into the data dir.
 //! - [`error`]: [`ApiError`]; [`extract`]: JSON and client-address extractors.
 
 pub mod account;
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod error;
 pub mod extract;
@@ -20,6 +23,7 @@ pub mod ops;
 pub mod router;
 pub mod secrets;
 pub mod state;
+pub mod sync;
 
 pub use config::Config;
 pub use error::ApiError;

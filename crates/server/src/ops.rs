@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
-use crate::{account, auth, metrics};
+use crate::{account, auth, metrics, sync};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
@@ -51,11 +51,20 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         account::create_app_password,
         account::list_app_passwords,
         account::delete_app_password,
+        sync::push_changes,
+        sync::pull_changes,
+        sync::list_conflicts,
+        sync::resolve_conflict,
+        sync::get_record,
+        sync::put_record,
+        sync::delete_record,
     ),
     modifiers(&BearerJwt),
     tags(
         (name = "auth", description = "Accounts, sign-in, tokens and passwords"),
         (name = "account", description = "The signed-in user's account, devices and app passwords"),
+        (name = "sync", description = "Push, pull and conflicts: the change feed of one account"),
+        (name = "records", description = "Single records with optimistic locking (ETag / If-Match)"),
     )
 )]
 #[derive(Debug)]

@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{account, auth, metrics, ops};
+use crate::{account, auth, metrics, ops, sync};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
@@ -24,6 +24,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .merge(auth::router())
         .merge(account::router())
+        .merge(sync::router())
         .merge(ops::router())
         .route_layer(middleware::from_fn(metrics::track))
         .fallback(not_found)

@@ -3,6 +3,7 @@
 use crate::auth::limits::Limits;
 use crate::auth::password::Passwords;
 use crate::auth::tokens::AccessTokens;
+use crate::bus::{Bus, LocalBus};
 use crate::config::Config;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
@@ -20,6 +21,7 @@ pub struct AppState {
     pub limits: Limits,
     pub mailer: Arc<Mailer>,
     pub metrics: Metrics,
+    pub bus: Arc<dyn Bus>,
 }
 
 impl AppState {
@@ -49,6 +51,7 @@ impl AppState {
             tokens: Arc::new(tokens),
             mailer: Arc::new(mailer),
             metrics: Metrics::install()?,
+            bus: Arc::new(LocalBus::new()),
             store,
             config: Arc::new(config),
         })

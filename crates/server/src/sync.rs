@@ -1,0 +1,429 @@
+//! Sync: the one write path and the endpoints around it.
+//!
+//! [`apply`] is how every door writes records: validated mutations go to
+//! [`nextsync_store::SyncStore::apply`] (one transaction), then the bus hears the new head.
+//! Reads come out of the feed (`pull`) or the records API, both scoped by the signed-in user.
+//!
+//! - `POST /v1/sync/push`, `GET /v1/sync/pull?since=&limit=`
+//! - `GET /v1/conflicts`, `POST /v1/conflicts/{id}/resolve`
+//! - `GET|PUT|DELETE /v1/records/{collection}/{id}` with `ETag`/`If-Match` (optimistic locking)
+
+use crate::auth::AuthUser;
+use crate::bus::Notice;
+use crate::error::ApiError;
+use crate::extract::Json;
+use crate::state::AppState;
+use axum::Router;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use nextsync_core::api::{
+    Choice, ConflictList, ConflictView, ErrorBody, PullResponse, PushRequest, PushResponse, PutRecordRequest,
+    RecordView, ResolveRequest,
+};
+use nextsync_core::cursor::Cursor;
+use nextsync_core::ids::{ConflictId, Seq, UserId};
+use nextsync_core::push::{
+    Invalid, Mutation, Precondition, RecordKey, validate_collection, validate_fields, validate_record_id,
+};
+use nextsync_core::sync::{Op, StoredRecord};
+use nextsync_core::time::Timestamp;
+use nextsync_store::sync::{Applied, ApplyError, Conflict};
+use serde::Deserialize;
+use serde_json::Value;
+
+pub const DEFAULT_PULL_LIMIT: u32 = 500;
+pub const MAX_PULL_LIMIT: u32 = 1000;
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/sync/push", post(push_changes))
+        .route("/v1/sync/pull", get(pull_changes))
+        .route("/v1/conflicts", get(list_conflicts))
+        .route("/v1/conflicts/{id}/resolve", post(resolve_conflict))
+        .route(
+            "/v1/records/{collection}/{id}",
+            get(get_record).put(put_record).delete(delete_record),
+        )
+}
+
+/// The one write path: applies `mutations` for `user` in one transaction, then announces the
+/// new head on the bus.
+pub async fn apply(
+    state: &AppState,
+    user: UserId,
+    mutations: &[Mutation],
+    resolves: Option<ConflictId>,
+) -> Result<Applied, ApiError> {
+    let applied = state
+        .store
+        .apply(user, mutations, Timestamp::now(), resolves)
+        .await
+        .map_err(apply_error)?;
+    if !applied.changed.is_empty() {
+        state.bus.notify(Notice {
+            user,
+            head: applied.head,
+        });
+    }
+    Ok(applied)
+}
+
+fn apply_error(err: ApplyError) -> ApiError {
+    match err {
+        ApplyError::Store(e) => e.into(),
+        ApplyError::PreconditionFailed { key, current } => {
+            let current = current.map(|r| serde_json::to_value(record_view(&key, &r)).unwrap_or_default());
+            ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                "precondition_failed",
+                "the record has changed; re-read it",
+            )
+            .with_member("current", current.unwrap_or(Value::Null))
+        }
+        ApplyError::ConflictGone => ApiError::not_found("no such unresolved conflict"),
+        ApplyError::Clock(e) => ApiError::internal(e),
+    }
+}
+
+pub fn record_view(key: &RecordKey, stored: &StoredRecord) -> RecordView {
+    let (fields, stamps) = stored.visible();
+    RecordView {
+        collection: key.collection.clone(),
+        id: key.id.clone(),
+        fields,
+        deleted: stored.record.is_deleted(),
+        seq: stored.seq,
+        stamps,
+        tombstone: stored.record.tombstone.clone(),
+    }
+}
+
+fn conflict_view(c: &Conflict) -> ConflictView {
+    ConflictView {
+        conflict_id: c.id.to_string(),
+        collection: c.key.collection.clone(),
+        id: c.key.id.clone(),
+        field: c.field.clone(),
+        kept: c.kept.clone(),
+        lost: c.lost.clone(),
+        created_at: c.created_at,
+    }
+}
+
+fn invalid(index: Option<usize>, mutation_id: &str, e: Invalid) -> ApiError {
+    let status = if e.too_large {
+        StatusCode::PAYLOAD_TOO_LARGE
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    let message = match index {
+        Some(i) => format!("mutation {i} ({mutation_id:?}): {}", e.message),
+        None => e.message,
+    };
+    ApiError::new(status, e.code, message)
+}
+
+#[utoipa::path(post, path = "/v1/sync/push", tag = "sync", security(("bearer" = [])), request_body = PushRequest,
+    responses(
+        (status = 200, description = "every mutation applied or recognised as a duplicate", body = PushResponse),
+        (status = 400, description = "a mutation is invalid (named in the message); nothing was written", body = ErrorBody),
+        (status = 413, description = "too many mutations, or a field over the size limit; nothing was written", body = ErrorBody),
+    ))]
+pub async fn push_changes(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Json(req): Json<PushRequest>,
+) -> Result<Json<PushResponse>, ApiError> {
+    let limits = state.config.sync_limits;
+    if req.mutations.len() > limits.max_mutations {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_many_mutations",
+            format!(
+                "{} mutations in one push; the limit is {}",
+                req.mutations.len(),
+                limits.max_mutations
+            ),
+        ));
+    }
+    let now_ms = u64::try_from(Timestamp::now().as_millis()).unwrap_or(0);
+    let mutations = req
+        .mutations
+        .iter()
+        .enumerate()
+        .map(|(i, m)| Mutation::validate(m, &limits, now_ms).map_err(|e| invalid(Some(i), &m.mutation_id, e)))
+        .collect::<Result<Vec<_>, _>>()?;
+    let applied = apply(&state, auth.user, &mutations, None).await?;
+    let written = applied.results.iter().map(|r| r.seq).max().unwrap_or(Seq(0));
+    Ok(Json(PushResponse {
+        conflicts: applied.conflicts.iter().map(conflict_view).collect(),
+        cursor: Cursor {
+            epoch: applied.epoch,
+            seq: written,
+        }
+        .encode(),
+        results: applied.results,
+    }))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct PullParams {
+    /// A cursor from an earlier pull; absent: from the beginning.
+    pub since: Option<String>,
+    /// At most this many records (default 500, at most 1000).
+    pub limit: Option<u32>,
+}
+
+#[utoipa::path(get, path = "/v1/sync/pull", tag = "sync", security(("bearer" = [])), params(PullParams),
+    responses(
+        (status = 200, description = "changes after the cursor, in seq order", body = PullResponse),
+        (status = 400, description = "invalid_cursor", body = ErrorBody),
+        (status = 409, description = "resync_required: the cursor belongs to another epoch or account", body = ErrorBody),
+    ))]
+pub async fn pull_changes(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Query(params): Query<PullParams>,
+) -> Result<Json<PullResponse>, ApiError> {
+    let since = match params.since.as_deref().filter(|s| !s.is_empty()) {
+        None => None,
+        Some(text) => Some(
+            Cursor::decode(text)
+                .ok_or_else(|| ApiError::bad_request("invalid_cursor", "since is not a cursor"))?,
+        ),
+    };
+    let limit = params
+        .limit
+        .unwrap_or(DEFAULT_PULL_LIMIT)
+        .clamp(1, MAX_PULL_LIMIT);
+    let from = since.as_ref().map_or(Seq(0), |c| c.seq);
+    // One more than asked tells whether there is more.
+    let mut feed = state.store.pull(auth.user, from, limit + 1).await?;
+    if let Some(cursor) = &since
+        && cursor.epoch != feed.epoch
+    {
+        return Err(ApiError::conflict(
+            "resync_required",
+            "this cursor is from another epoch of the feed; pull again from the beginning",
+        ));
+    }
+    let has_more = feed.records.len() > limit as usize;
+    feed.records.truncate(limit as usize);
+    let last = feed.records.last().map_or(from, |(_, r)| r.seq);
+    Ok(Json(PullResponse {
+        changes: feed
+            .records
+            .iter()
+            .map(|(key, record)| record_view(key, record))
+            .collect(),
+        cursor: Cursor {
+            epoch: feed.epoch,
+            seq: last,
+        }
+        .encode(),
+        has_more,
+    }))
+}
+
+#[utoipa::path(get, path = "/v1/conflicts", tag = "sync", security(("bearer" = [])),
+    responses((status = 200, description = "unresolved conflicts, oldest first", body = ConflictList)))]
+pub async fn list_conflicts(
+    State(state): State<AppState>,
+    auth: AuthUser,
+) -> Result<Json<ConflictList>, ApiError> {
+    let conflicts = state.store.conflicts(auth.user).await?;
+    Ok(Json(ConflictList {
+        conflicts: conflicts.iter().map(conflict_view).collect(),
+    }))
+}
+
+#[utoipa::path(post, path = "/v1/conflicts/{id}/resolve", tag = "sync", security(("bearer" = [])),
+    params(("id" = String, Path, description = "conflict id")), request_body = ResolveRequest,
+    responses(
+        (status = 200, description = "resolved; the chosen value is a new change on every device", body = RecordView),
+        (status = 400, description = "invalid_resolution", body = ErrorBody),
+        (status = 404, description = "no such unresolved conflict", body = ErrorBody),
+    ))]
+pub async fn resolve_conflict(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path(id): Path<String>,
+    Json(req): Json<ResolveRequest>,
+) -> Result<Json<RecordView>, ApiError> {
+    let not_found = || ApiError::not_found("no such unresolved conflict");
+    let id: ConflictId = id.parse().map_err(|_| not_found())?;
+    let conflict = state.store.conflict(auth.user, id).await?.ok_or_else(not_found)?;
+    let chosen = match (req.choose, req.value) {
+        (Some(Choice::Kept), None) => conflict.kept.clone(),
+        (Some(Choice::Lost), None) => conflict.lost.clone(),
+        (None, Some(value)) => nextsync_core::sync::Side {
+            value,
+            hlc: conflict.kept.hlc.clone(),
+            deleted: false,
+        },
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_resolution",
+                r#"send either {"choose":"kept"|"lost"} or {"value": …}"#,
+            ));
+        }
+    };
+    let mutations = if chosen.deleted {
+        // Keeping a deletion: the record already is deleted everywhere; nothing to write.
+        Vec::new()
+    } else {
+        let mut fields = serde_json::Map::new();
+        fields.insert(conflict.field.clone(), chosen.value);
+        validate_fields(&fields, &state.config.sync_limits).map_err(|e| invalid(None, "", e))?;
+        vec![server_mutation(conflict.key.clone(), Op::Upsert(fields), None)]
+    };
+    apply(&state, auth.user, &mutations, Some(id)).await?;
+    let record = state
+        .store
+        .record(auth.user, &conflict.key)
+        .await?
+        .ok_or_else(not_found)?;
+    Ok(Json(record_view(&conflict.key, &record)))
+}
+
+/// A write the server stamps (above everything in the record) on the user's behalf.
+fn server_mutation(key: RecordKey, op: Op, precondition: Option<Precondition>) -> Mutation {
+    Mutation {
+        mutation_id: format!("server:{}", uuid::Uuid::new_v4().simple()),
+        key,
+        op,
+        hlc: None,
+        base_seq: None,
+        precondition,
+    }
+}
+
+fn record_key(collection: String, id: String) -> Result<RecordKey, ApiError> {
+    validate_collection(&collection).map_err(|e| invalid(None, "", e))?;
+    validate_record_id(&id).map_err(|e| invalid(None, "", e))?;
+    Ok(RecordKey { collection, id })
+}
+
+/// `If-Match: "<seq>"` or `*`.
+fn if_match(headers: &HeaderMap) -> Result<Option<Precondition>, ApiError> {
+    let Some(value) = headers.get(header::IF_MATCH) else {
+        return Ok(None);
+    };
+    let text = value.to_str().unwrap_or_default().trim();
+    if text == "*" {
+        return Ok(Some(Precondition::Exists));
+    }
+    text.strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .and_then(|t| t.parse::<u64>().ok())
+        .map(|seq| Some(Precondition::Seq(Seq(seq))))
+        .ok_or_else(|| {
+            ApiError::bad_request("invalid_if_match", r#"If-Match must be "<seq>" (an ETag) or *"#)
+        })
+}
+
+fn with_etag(record: RecordView) -> Response {
+    let etag = HeaderValue::from_str(&format!("\"{}\"", record.seq)).ok();
+    let mut response = Json(record).into_response();
+    if let Some(etag) = etag {
+        response.headers_mut().insert(header::ETAG, etag);
+    }
+    response
+}
+
+#[utoipa::path(get, path = "/v1/records/{collection}/{id}", tag = "records", security(("bearer" = [])),
+    params(("collection" = String, Path), ("id" = String, Path)),
+    responses(
+        (status = 200, description = "the record, with ETag: \"<seq>\"", body = RecordView),
+        (status = 404, description = "no such record", body = ErrorBody),
+    ))]
+pub async fn get_record(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path((collection, id)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let key = record_key(collection, id)?;
+    let record = state
+        .store
+        .record(auth.user, &key)
+        .await?
+        .ok_or_else(|| ApiError::not_found("no such record"))?;
+    Ok(with_etag(record_view(&key, &record)))
+}
+
+#[utoipa::path(put, path = "/v1/records/{collection}/{id}", tag = "records", security(("bearer" = [])),
+    params(("collection" = String, Path), ("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "\"<seq>\" from the ETag, or *")),
+    request_body = PutRecordRequest,
+    responses(
+        (status = 200, description = "the fields are set (others stay); new ETag", body = RecordView),
+        (status = 412, description = "If-Match is stale; `current` holds the record", body = ErrorBody),
+    ))]
+pub async fn put_record(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+    Json(req): Json<PutRecordRequest>,
+) -> Result<Response, ApiError> {
+    let key = record_key(collection, id)?;
+    if req.fields.is_empty() {
+        return Err(ApiError::bad_request("invalid_op", "fields must not be empty"));
+    }
+    validate_fields(&req.fields, &state.config.sync_limits).map_err(|e| invalid(None, "", e))?;
+    let mutation = server_mutation(key.clone(), Op::Upsert(req.fields), if_match(&headers)?);
+    written_record(&state, auth.user, key, mutation).await
+}
+
+#[utoipa::path(delete, path = "/v1/records/{collection}/{id}", tag = "records", security(("bearer" = [])),
+    params(("collection" = String, Path), ("id" = String, Path),
+        ("If-Match" = Option<String>, Header, description = "\"<seq>\" from the ETag, or *")),
+    responses(
+        (status = 200, description = "deleted on every device; new ETag", body = RecordView),
+        (status = 404, description = "no such record", body = ErrorBody),
+        (status = 412, description = "If-Match is stale; `current` holds the record", body = ErrorBody),
+    ))]
+pub async fn delete_record(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Path((collection, id)): Path<(String, String)>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let key = record_key(collection, id)?;
+    let precondition = match if_match(&headers)? {
+        Some(p) => p,
+        None => {
+            let exists = state
+                .store
+                .record(auth.user, &key)
+                .await?
+                .is_some_and(|r| !r.record.is_deleted());
+            if !exists {
+                return Err(ApiError::not_found("no such record"));
+            }
+            Precondition::Exists
+        }
+    };
+    let mutation = server_mutation(key.clone(), Op::Delete, Some(precondition));
+    written_record(&state, auth.user, key, mutation).await
+}
+
+async fn written_record(
+    state: &AppState,
+    user: UserId,
+    key: RecordKey,
+    mutation: Mutation,
+) -> Result<Response, ApiError> {
+    let applied = apply(state, user, &[mutation], None).await?;
+    let record = match applied.changed.into_iter().find(|(k, _)| *k == key) {
+        Some((_, record)) => record,
+        None => state
+            .store
+            .record(user, &key)
+            .await?
+            .ok_or_else(|| ApiError::not_found("no such record"))?,
+    };
+    Ok(with_etag(record_view(&key, &record)))
+}
