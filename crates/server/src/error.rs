@@ -132,7 +132,14 @@ impl IntoResponse for ApiError {
                 message: self.message.into_owned(),
             },
         };
-        let mut response = (self.status, axum::Json(body)).into_response();
+        let mut response = match self.extra {
+            None => (self.status, axum::Json(body)).into_response(),
+            Some((key, value)) => {
+                let mut body = serde_json::to_value(body).unwrap_or_default();
+                body[key] = value;
+                (self.status, axum::Json(body)).into_response()
+            }
+        };
         if let Some(retry_after) = self.retry_after {
             // Round up: "retry after 0 seconds" would invite an immediate retry.
             let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);

@@ -253,22 +253,26 @@ pub async fn resolve_conflict(
     Json(req): Json<ResolveRequest>,
 ) -> Result<Json<RecordView>, ApiError> {
     let not_found = || ApiError::not_found("no such unresolved conflict");
-    let id: ConflictId = id.parse().map_err(|_| not_found())?;
-    let conflict = state.store.conflict(auth.user, id).await?.ok_or_else(not_found)?;
-    let chosen = match (req.choose, req.value) {
-        (Some(Choice::Kept), None) => conflict.kept.clone(),
-        (Some(Choice::Lost), None) => conflict.lost.clone(),
-        (None, Some(value)) => nextsync_core::sync::Side {
-            value,
-            hlc: conflict.kept.hlc.clone(),
-            deleted: false,
-        },
+    let choice = match (req.choose, req.value) {
+        (Some(choice), None) => Ok(choice),
+        (None, Some(value)) => Err(value),
         _ => {
             return Err(ApiError::bad_request(
                 "invalid_resolution",
                 r#"send either {"choose":"kept"|"lost"} or {"value": …}"#,
             ));
         }
+    };
+    let id: ConflictId = id.parse().map_err(|_| not_found())?;
+    let conflict = state.store.conflict(auth.user, id).await?.ok_or_else(not_found)?;
+    let chosen = match choice {
+        Ok(Choice::Kept) => conflict.kept.clone(),
+        Ok(Choice::Lost) => conflict.lost.clone(),
+        Err(value) => nextsync_core::sync::Side {
+            value,
+            hlc: conflict.kept.hlc.clone(),
+            deleted: false,
+        },
     };
     let mutations = if chosen.deleted {
         // Keeping a deletion: the record already is deleted everywhere; nothing to write.

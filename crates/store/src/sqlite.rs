@@ -116,7 +116,7 @@ pub(crate) struct SqliteTx(sqlx::Transaction<'static, sqlx::Sqlite>);
 const SEEN_MUTATIONS: &str = "SELECT mutation_id, seq FROM applied_mutations \
      WHERE user_id = $1 AND mutation_id IN (SELECT value FROM json_each($2))";
 const LOAD_RECORDS: &str = "SELECT r.collection, r.record_id, r.fields, r.tombstone, r.tombstone_seq, r.seq \
-     FROM json_each($2) AS k JOIN records AS r ON r.user_id = $1 \
+     FROM json_each($2) AS k CROSS JOIN records AS r ON r.user_id = $1 \
      AND r.collection = json_extract(k.value, '$[0]') AND r.record_id = json_extract(k.value, '$[1]')";
 const STORE_RECORDS: &str = "INSERT INTO records (user_id, collection, record_id, fields, tombstone, tombstone_seq, seq) \
      SELECT $1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), json_extract(value, '$[2]'), \
