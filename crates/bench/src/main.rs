@@ -3,6 +3,8 @@
 //! every scenario is measured in several interleaved rounds and reported as a median, next to
 //! a baseline measured in the same run.
 
+mod sync;
+
 use anyhow::Context;
 use axum::Router;
 use axum::extract::State;
@@ -26,6 +28,16 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
+    /// Push records/s for batches of 1, 100 and 1000 and pull throughput, on SQLite and
+    /// PostgreSQL (skipped without one; `NEXTSYNC_TEST_DATABASE_URL`), and the bytes on the wire
+    /// for syncing one new message beside NextChat's whole-state sync.
+    Sync {
+        /// Seconds per batch size per round.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+    },
     /// Requests/s of an authenticated GET /v1/me and the cost of the per-request revocation
     /// check, against unauthenticated and JWT-only baselines.
     Auth {
@@ -47,6 +59,9 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
+            Bench::Sync { seconds, rounds } => {
+                sync::bench_sync(Duration::from_secs(seconds.clamp(1, 60)), rounds.clamp(1, 20)).await
+            }
             Bench::Auth {
                 seconds,
                 rounds,
@@ -226,7 +241,7 @@ async fn micro_auth(state: &AppState, token: &str) -> anyhow::Result<(f64, f64)>
     Ok((median(&verify), median(&status)))
 }
 
-fn median(values: &[f64]) -> f64 {
+pub(crate) fn median(values: &[f64]) -> f64 {
     let mut sorted = values.to_vec();
     sorted.sort_by(f64::total_cmp);
     sorted[sorted.len() / 2]
