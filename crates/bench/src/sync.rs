@@ -42,7 +42,7 @@ fn stamp(n: u64) -> String {
 
 /// A NextChat-sized message record (one user or assistant turn).
 fn message_fields(session: usize, position: usize) -> Value {
-    let user = position % 2 == 0;
+    let user = position.is_multiple_of(2);
     json!({
         "session_id": format!("session-{session:05}"),
         "position": position,
