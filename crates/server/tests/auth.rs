@@ -3,22 +3,12 @@
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use nextsync_server::config::Registration;
-use nextsync_testkit::{Api, PASSWORD, Session, TestDb, TestServer, both_backends, eventually};
+use nextsync_testkit::{
+    Api, PASSWORD, Session, TestDb, TestServer, both_backends, error_code, eventually, start,
+};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-
-async fn start(db: &TestDb) -> (TestServer, Api) {
-    let server = TestServer::start(db.config()).await;
-    let api = Api::new(&server);
-    (server, api)
-}
-
-fn error_code(body: &Value) -> &str {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error shape in {body}"))
-}
 
 both_backends!(
     register_login_and_me_work_together,

@@ -8,17 +8,11 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use nextsync_server::auth::AppPasswordUser;
 use nextsync_server::config::{RateLimits, TlsFiles};
-use nextsync_testkit::{Api, PASSWORD, TestDb, TestServer, fixture};
+use nextsync_testkit::{Api, PASSWORD, TestDb, TestServer, error_code, fixture};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 use tower::ServiceExt;
-
-fn error_code(body: &Value) -> &str {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error shape in {body}"))
-}
 
 #[tokio::test]
 async fn tls_serves_with_a_certificate() {

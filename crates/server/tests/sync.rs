@@ -1,20 +1,8 @@
 //! The sync contract end to end over real TCP, on SQLite and PostgreSQL.
 
-use nextsync_testkit::{Api, Session, TestDb, TestServer, both_backends};
+use nextsync_testkit::{Api, Session, TestDb, both_backends, error_code, start};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
-
-async fn start(db: &TestDb) -> (TestServer, Api) {
-    let server = TestServer::start(db.config()).await;
-    let api = Api::new(&server);
-    (server, api)
-}
-
-fn error_code(body: &Value) -> &str {
-    body["error"]["code"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no error shape in {body}"))
-}
 
 fn now_ms() -> u64 {
     nextsync_core::time::Timestamp::now().as_millis() as u64

@@ -444,3 +444,17 @@ where
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The real server on `db`'s defaults, and a client for it.
+pub async fn start(db: &TestDb) -> (TestServer, Api) {
+    let server = TestServer::start(db.config()).await;
+    let api = Api::new(&server);
+    (server, api)
+}
+
+/// The `error.code` of an error body; panics (naming the body) when it is not the error shape.
+pub fn error_code(body: &serde_json::Value) -> &str {
+    body["error"]["code"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no error shape in {body}"))
+}
