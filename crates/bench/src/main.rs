@@ -31,6 +31,15 @@ enum Bench {
     /// Push records/s for batches of 1, 100 and 1000 and pull throughput, on SQLite and
     /// PostgreSQL (skipped without one; `NEXTSYNC_TEST_DATABASE_URL`), and the bytes on the wire
     /// for syncing one new message beside NextChat's whole-state sync.
+    /// `SyncStore::apply` alone in a loop (for profiling the store path).
+    Store {
+        #[arg(long)]
+        postgres: bool,
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
     Sync {
         /// Seconds per batch size per round.
         #[arg(long, default_value_t = 3)]
@@ -59,6 +68,18 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
+            Bench::Store {
+                postgres,
+                batch,
+                seconds,
+            } => {
+                sync::bench_store(
+                    postgres,
+                    batch.clamp(1, 10_000),
+                    Duration::from_secs(seconds.clamp(1, 60)),
+                )
+                .await
+            }
             Bench::Sync { seconds, rounds } => {
                 sync::bench_sync(Duration::from_secs(seconds.clamp(1, 60)), rounds.clamp(1, 20)).await
             }

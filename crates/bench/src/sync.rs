@@ -153,6 +153,52 @@ async fn push_rate(
     Ok(written as f64 / start.elapsed().as_secs_f64())
 }
 
+/// Records per second of `SyncStore::apply` alone (no HTTP, no JSON): batches of `size`.
+async fn store_rate(
+    server: &TestServer,
+    session: &Session,
+    size: usize,
+    duration: Duration,
+    counter: &mut u64,
+) -> anyhow::Result<f64> {
+    use nextsync_core::push::{Mutation, RecordKey};
+    use nextsync_core::sync::Op;
+    let user: nextsync_core::ids::UserId = session.user_id.parse()?;
+    let start = Instant::now();
+    let mut in_store = Duration::ZERO;
+    let mut written = 0usize;
+    while start.elapsed() < duration {
+        let batch: Vec<Mutation> = (0..size)
+            .map(|_| {
+                *counter += 1;
+                let n = *counter;
+                let fields = message_fields((n / 20) as usize, (n % 20) as usize);
+                Mutation {
+                    mutation_id: format!("store-{n}"),
+                    key: RecordKey {
+                        collection: "messages".into(),
+                        id: format!("s{n}"),
+                    },
+                    op: Op::Upsert(fields.as_object().cloned().unwrap_or_default()),
+                    hlc: Some(stamp(n).parse().expect("stamp")),
+                    base_seq: None,
+                    precondition: None,
+                }
+            })
+            .collect();
+        // Only the store's time counts: building the batch is the caller's work.
+        let applying = Instant::now();
+        server
+            .state
+            .store
+            .apply(user, &batch, nextsync_core::time::Timestamp::now(), None)
+            .await?;
+        in_store += applying.elapsed();
+        written += size;
+    }
+    Ok(written as f64 / in_store.as_secs_f64())
+}
+
 /// Records per second of pulling the whole feed in pages of 1000.
 async fn pull_rate(api: &Api, session: &Session) -> anyhow::Result<(f64, usize)> {
     let start = Instant::now();
@@ -180,15 +226,17 @@ pub async fn bench_sync(duration: Duration, rounds: usize) -> anyhow::Result<()>
          {rounds} interleaved rounds × {}s per batch size; medians in records/s.\n",
         duration.as_secs()
     );
-    println!("| store | 1 / push | 100 / push | 1000 / push | pull (pages of 1000) |");
-    println!("| --- | ---: | ---: | ---: | ---: |");
+    println!(
+        "| store | 1 / push | 100 / push | 1000 / push | store only, 1000 / apply | pull (pages of 1000) |"
+    );
+    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let db = match backend {
             Backend::Sqlite => TestDb::sqlite(),
             Backend::Postgres => match TestDb::postgres().await {
                 Some(db) => db,
                 None => {
-                    println!("| postgres | skipped: no PostgreSQL | | | |");
+                    println!("| postgres | skipped: no PostgreSQL | | | | |");
                     continue;
                 }
             },
@@ -200,10 +248,12 @@ pub async fn bench_sync(duration: Duration, rounds: usize) -> anyhow::Result<()>
         let sizes = [1usize, 100, 1000];
         let mut rates = vec![Vec::new(); sizes.len()];
         let mut pulls = Vec::new();
+        let mut store_only = Vec::new();
         for round in 0..rounds {
             for (i, size) in sizes.iter().enumerate() {
                 rates[i].push(push_rate(&api, &session, *size, duration, &mut counter).await?);
             }
+            store_only.push(store_rate(&server, &session, 1000, duration, &mut counter).await?);
             let (rate, total) = pull_rate(&api, &session).await?;
             pulls.push(rate);
             eprintln!(
@@ -212,7 +262,7 @@ pub async fn bench_sync(duration: Duration, rounds: usize) -> anyhow::Result<()>
             );
         }
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             match backend {
                 Backend::Sqlite => "SQLite (WAL, synchronous=FULL)",
                 Backend::Postgres => "PostgreSQL 15 (local, fsync on)",
@@ -220,6 +270,7 @@ pub async fn bench_sync(duration: Duration, rounds: usize) -> anyhow::Result<()>
             median(&rates[0]),
             median(&rates[1]),
             median(&rates[2]),
+            median(&store_only),
             median(&pulls)
         );
     }
@@ -357,4 +408,25 @@ async fn pipe(
         count.fetch_add(n as u64, Ordering::SeqCst);
     }
     let _ = to.shutdown().await;
+}
+
+/// Only `SyncStore::apply` with batches of `size`, for profiling.
+pub async fn bench_store(postgres: bool, size: usize, duration: Duration) -> anyhow::Result<()> {
+    let db = if postgres {
+        TestDb::postgres()
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no PostgreSQL"))?
+    } else {
+        TestDb::sqlite()
+    };
+    let server = TestServer::start(db.config()).await;
+    let api = Api::new(&server);
+    let session = api.register("store@example.org").await;
+    let mut counter = 0;
+    let rate = store_rate(&server, &session, size, duration, &mut counter).await?;
+    println!(
+        "{} store only, {size} / apply: {rate:.0} records/s",
+        if postgres { "PostgreSQL" } else { "SQLite" }
+    );
+    Ok(())
 }

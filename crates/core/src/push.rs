@@ -201,7 +201,7 @@ pub enum PlanError {
 }
 
 /// Applies `mutations` in order to `records` (the touched records as stored; absent ones are
-/// new). `seen` maps mutation ids applied before to their seq. `head` is the user's current
+/// new); the changed ones move out of `records` into the plan. `seen` maps mutation ids applied before to their seq. `head` is the user's current
 /// feed head, read under the per-user lock.
 pub fn plan(
     head: Seq,
@@ -272,7 +272,7 @@ pub fn plan(
     changed.sort_by_key(|(_, seq)| *seq);
     plan.changed = changed
         .into_iter()
-        .filter_map(|(key, _)| records.get(&key).map(|r| (key, r.clone())))
+        .filter_map(|(key, _)| records.remove(&key).map(|r| (key, r)))
         .collect();
     Ok(plan)
 }

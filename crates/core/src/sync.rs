@@ -200,15 +200,24 @@ impl StoredRecord {
     /// The storage encoding of the fields: `{"name":{"v":value,"h":"stamp","s":seq}}`. This is
     /// a storage format: readers must keep accepting every form ever written.
     pub fn encode_fields(&self) -> String {
-        let mut out = Map::new();
-        for (name, field) in &self.record.fields {
-            let mut entry = Map::new();
-            entry.insert("v".into(), field.value.clone());
-            entry.insert("h".into(), Value::String(field.hlc.to_string()));
-            entry.insert("s".into(), Value::from(self.written.get(name).map_or(0, |s| s.0)));
-            out.insert(name.clone(), Value::Object(entry));
+        use std::io::Write as _;
+        // Written straight into one buffer: this runs for every stored record, and building a
+        // `serde_json::Map` first cloned every value.
+        let mut out: Vec<u8> = Vec::with_capacity(128 * self.record.fields.len() + 2);
+        out.push(b'{');
+        for (i, (name, field)) in self.record.fields.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            let seq = self.written.get(name).map_or(0, |s| s.0);
+            // Writing JSON into a Vec cannot fail; stamps need no escaping.
+            let _ = serde_json::to_writer(&mut out, name);
+            out.extend_from_slice(br#":{"v":"#);
+            let _ = serde_json::to_writer(&mut out, &field.value);
+            let _ = write!(out, r#","h":"{}","s":{seq}}}"#, field.hlc);
         }
-        Value::Object(out).to_string()
+        out.push(b'}');
+        String::from_utf8(out).unwrap_or_default()
     }
 
     /// Rebuilds a stored record from its columns.
