@@ -191,7 +191,7 @@ async fn store_rate(
         server
             .state
             .store
-            .apply(user, &batch, nextsync_core::time::Timestamp::now(), None)
+            .apply(user, batch, nextsync_core::time::Timestamp::now(), None)
             .await?;
         in_store += applying.elapsed();
         written += size;

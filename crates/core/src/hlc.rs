@@ -8,6 +8,7 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Largest value of the 15-digit millisecond part (year ~33658).
@@ -21,7 +22,8 @@ pub const MAX_NODE_LEN: usize = 64;
 pub struct Hlc {
     ms: u64,
     counter: u32,
-    node: String,
+    /// Shared: every field a write sets carries a copy of its stamp.
+    node: Arc<str>,
 }
 
 #[derive(Debug, Clone, Error, PartialEq, Eq)]
@@ -41,7 +43,11 @@ impl Hlc {
             return Err(HlcError::Malformed);
         }
         validate_node(&node)?;
-        Ok(Self { ms, counter, node })
+        Ok(Self {
+            ms,
+            counter,
+            node: node.into(),
+        })
     }
 
     pub fn ms(&self) -> u64 {
@@ -69,11 +75,12 @@ impl Hlc {
         } else {
             return Err(HlcError::CounterOverflow);
         };
-        Ok(Self {
-            ms,
-            counter,
-            node: node.to_owned(),
-        })
+        let node = if *self.node == *node {
+            self.node.clone()
+        } else {
+            node.into()
+        };
+        Ok(Self { ms, counter, node })
     }
 }
 

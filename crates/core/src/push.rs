@@ -126,7 +126,7 @@ pub fn validate_fields(fields: &serde_json::Map<String, Value>, limits: &SyncLim
 
 impl Mutation {
     /// Checks a pushed mutation against the rules and `limits`; `now_ms` is the server clock.
-    pub fn validate(wire: &MutationIn, limits: &SyncLimits, now_ms: u64) -> Result<Self, Invalid> {
+    pub fn validate(wire: MutationIn, limits: &SyncLimits, now_ms: u64) -> Result<Self, Invalid> {
         let id_len = wire.mutation_id.chars().count();
         if !(1..=128).contains(&id_len) || wire.mutation_id.chars().any(char::is_control) {
             return Err(invalid(
@@ -149,10 +149,10 @@ impl Mutation {
                 ),
             ));
         }
-        let op = match (wire.op, &wire.fields) {
+        let op = match (wire.op, wire.fields) {
             (OpName::Upsert, Some(fields)) if !fields.is_empty() => {
-                validate_fields(fields, limits)?;
-                Op::Upsert(fields.clone())
+                validate_fields(&fields, limits)?;
+                Op::Upsert(fields)
             }
             (OpName::Upsert, _) => {
                 return Err(invalid(
@@ -164,10 +164,10 @@ impl Mutation {
             (OpName::Delete, Some(_)) => return Err(invalid("invalid_op", "a delete takes no `fields`")),
         };
         Ok(Self {
-            mutation_id: wire.mutation_id.clone(),
+            mutation_id: wire.mutation_id,
             key: RecordKey {
-                collection: wire.collection.clone(),
-                id: wire.id.clone(),
+                collection: wire.collection,
+                id: wire.id,
             },
             op,
             hlc: Some(hlc),
@@ -205,7 +205,7 @@ pub enum PlanError {
 /// feed head, read under the per-user lock.
 pub fn plan(
     head: Seq,
-    mutations: &[Mutation],
+    mutations: Vec<Mutation>,
     records: &mut HashMap<RecordKey, StoredRecord>,
     seen: &HashMap<String, Seq>,
     now_ms: u64,
@@ -215,14 +215,12 @@ pub fn plan(
         head,
         ..Plan::default()
     };
-    let mut batch_ids: HashMap<&str, Seq> = HashMap::new();
+    let mut batch_ids: HashMap<String, Seq> = HashMap::new();
     let mut new_seq: HashMap<RecordKey, Seq> = HashMap::new();
     for m in mutations {
-        if let Some(seq) = seen
-            .get(&m.mutation_id)
-            .or_else(|| batch_ids.get(m.mutation_id.as_str()))
-        {
-            plan.results.push(result(m, MutationStatus::Duplicate, *seq));
+        if let Some(seq) = seen.get(&m.mutation_id).or_else(|| batch_ids.get(&m.mutation_id)) {
+            plan.results
+                .push(result(&m.mutation_id, MutationStatus::Duplicate, *seq));
             continue;
         }
         let record = records.entry(m.key.clone()).or_default();
@@ -251,7 +249,7 @@ pub fn plan(
         let mut conflicts = Vec::new();
         let changed = record.apply(
             Write {
-                op: &m.op,
+                op: m.op,
                 hlc: &hlc,
                 base_seq: m.base_seq,
             },
@@ -264,9 +262,10 @@ pub fn plan(
         }
         plan.conflicts
             .extend(conflicts.into_iter().map(|c| (m.key.clone(), c)));
-        plan.results.push(result(m, MutationStatus::Applied, record.seq));
+        plan.results
+            .push(result(&m.mutation_id, MutationStatus::Applied, record.seq));
         plan.applied.push((m.mutation_id.clone(), record.seq));
-        batch_ids.insert(&m.mutation_id, record.seq);
+        batch_ids.insert(m.mutation_id, record.seq);
     }
     let mut changed: Vec<_> = new_seq.into_iter().collect();
     changed.sort_by_key(|(_, seq)| *seq);
@@ -277,9 +276,9 @@ pub fn plan(
     Ok(plan)
 }
 
-fn result(m: &Mutation, status: MutationStatus, seq: Seq) -> MutationResult {
+fn result(mutation_id: &str, status: MutationStatus, seq: Seq) -> MutationResult {
     MutationResult {
-        mutation_id: m.mutation_id.clone(),
+        mutation_id: mutation_id.to_owned(),
         status,
         seq,
     }
@@ -309,7 +308,7 @@ mod tests {
     const NOW: u64 = 1_764_172_800_000;
 
     fn valid(w: &MutationIn) -> Mutation {
-        Mutation::validate(w, &SyncLimits::default(), NOW).expect("valid")
+        Mutation::validate(w.clone(), &SyncLimits::default(), NOW).expect("valid")
     }
 
     #[test]
@@ -319,7 +318,7 @@ mod tests {
             ..SyncLimits::default()
         };
         let ok = wire("m1", "r1", "001764172800000-00000-laptop", Some(json!({"t": 1})));
-        assert!(Mutation::validate(&ok, &limits, NOW).is_ok());
+        assert!(Mutation::validate(ok.clone(), &limits, NOW).is_ok());
         let cases = [
             (
                 MutationIn {
@@ -380,7 +379,7 @@ mod tests {
         ];
         for (mutation, code) in cases {
             assert_eq!(
-                Mutation::validate(&mutation, &limits, NOW).expect_err(code).code,
+                Mutation::validate(mutation, &limits, NOW).expect_err(code).code,
                 code
             );
         }
@@ -422,7 +421,7 @@ mod tests {
         ];
         let seen = HashMap::from([("m0".to_owned(), Seq(3))]);
         let mut records = HashMap::new();
-        let plan = plan(Seq(7), &mutations, &mut records, &seen, NOW, "server").expect("plan");
+        let plan = plan(Seq(7), mutations, &mut records, &seen, NOW, "server").expect("plan");
         let seqs: Vec<_> = plan.results.iter().map(|r| (r.status, r.seq.0)).collect();
         use MutationStatus::*;
         assert_eq!(
@@ -454,7 +453,7 @@ mod tests {
             "001764172800000-00000-laptop",
             Some(json!({"t": 1})),
         ));
-        let done = plan(Seq(0), &[first], &mut records, &HashMap::new(), NOW, "server").expect("plan");
+        let done = plan(Seq(0), vec![first], &mut records, &HashMap::new(), NOW, "server").expect("plan");
         let mut stored: HashMap<_, _> = done.changed.into_iter().collect();
         let put = Mutation {
             mutation_id: "m2".into(),
@@ -469,7 +468,7 @@ mod tests {
         };
         match plan(
             Seq(1),
-            std::slice::from_ref(&put),
+            vec![put.clone()],
             &mut stored.clone(),
             &HashMap::new(),
             NOW,
@@ -485,7 +484,7 @@ mod tests {
             precondition: Some(Precondition::Seq(Seq(1))),
             ..put
         };
-        let done = plan(Seq(1), &[put], &mut stored, &HashMap::new(), NOW, "server").expect("plan");
+        let done = plan(Seq(1), vec![put], &mut stored, &HashMap::new(), NOW, "server").expect("plan");
         let (_, record) = &done.changed[0];
         assert_eq!(record.visible().0["t"], json!(2));
         assert!(record.record.fields["t"].hlc.node() == "server");

@@ -34,9 +34,9 @@ pub enum Op {
     Delete,
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct Write<'a> {
-    pub op: &'a Op,
+    pub op: Op,
     pub hlc: &'a Hlc,
     /// The highest seq the writer had pulled; `None`: assume it had seen everything.
     pub base_seq: Option<Seq>,
@@ -68,7 +68,7 @@ impl StoredRecord {
                 let mut changed = false;
                 for (name, value) in fields {
                     let incoming = Field {
-                        value: value.clone(),
+                        value,
                         hlc: write.hlc.clone(),
                     };
                     changed |= self.apply_field(name, incoming, write.base_seq, seq, conflicts);
@@ -85,7 +85,7 @@ impl StoredRecord {
 
     fn apply_field(
         &mut self,
-        name: &str,
+        name: String,
         incoming: Field,
         base_seq: Option<Seq>,
         seq: Seq,
@@ -93,7 +93,7 @@ impl StoredRecord {
     ) -> bool {
         let tombstone = self.record.tombstone.clone();
         let hidden_on_arrival = tombstone.as_ref().is_some_and(|t| incoming.hlc < *t);
-        let current = self.record.fields.get(name);
+        let current = self.record.fields.get(&name);
         if current.is_some_and(|c| c.hlc == incoming.hlc && (c.value == incoming.value || hidden_on_arrival))
         {
             return false; // the same write again (a hidden one is stored without its value)
@@ -107,7 +107,7 @@ impl StoredRecord {
                 && !incoming.value.is_null()
             {
                 conflicts.push(ConflictDraft {
-                    field: name.to_owned(),
+                    field: name.clone(),
                     kept: Side {
                         value: Value::Null,
                         hlc: t.clone(),
@@ -119,17 +119,17 @@ impl StoredRecord {
         } else if let Some(current) = current.filter(|c| self.record.is_visible(c)) {
             let concurrent = current.hlc.node() != incoming.hlc.node() && current.value != incoming.value;
             if incoming_wins {
-                let unseen = base_seq.is_some_and(|b| self.written.get(name).is_some_and(|w| b < *w));
+                let unseen = base_seq.is_some_and(|b| self.written.get(&name).is_some_and(|w| b < *w));
                 if concurrent && unseen {
                     conflicts.push(ConflictDraft {
-                        field: name.to_owned(),
+                        field: name.clone(),
                         kept: side(&incoming),
                         lost: side(current),
                     });
                 }
             } else if concurrent {
                 conflicts.push(ConflictDraft {
-                    field: name.to_owned(),
+                    field: name.clone(),
                     kept: side(current),
                     lost: side(&incoming),
                 });
@@ -144,13 +144,13 @@ impl StoredRecord {
             value = Value::Null; // kept only as a stamp, like every hidden value
         }
         self.record.fields.insert(
-            name.to_owned(),
+            name.clone(),
             Field {
                 value,
                 hlc: incoming.hlc,
             },
         );
-        self.written.insert(name.to_owned(), seq);
+        self.written.insert(name, seq);
         true
     }
 
@@ -284,7 +284,7 @@ mod tests {
         let mut conflicts = Vec::new();
         record.apply(
             Write {
-                op,
+                op: op.clone(),
                 hlc: stamp,
                 base_seq: base.map(Seq),
             },

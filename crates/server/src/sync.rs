@@ -53,7 +53,7 @@ pub fn router() -> Router<AppState> {
 pub async fn apply(
     state: &AppState,
     user: UserId,
-    mutations: &[Mutation],
+    mutations: Vec<Mutation>,
     resolves: Option<ConflictId>,
 ) -> Result<Applied, ApiError> {
     let applied = state
@@ -151,11 +151,14 @@ pub async fn push_changes(
     let now_ms = u64::try_from(Timestamp::now().as_millis()).unwrap_or(0);
     let mutations = req
         .mutations
-        .iter()
+        .into_iter()
         .enumerate()
-        .map(|(i, m)| Mutation::validate(m, &limits, now_ms).map_err(|e| invalid(Some(i), &m.mutation_id, e)))
+        .map(|(i, m)| {
+            let id = m.mutation_id.clone();
+            Mutation::validate(m, &limits, now_ms).map_err(|e| invalid(Some(i), &id, e))
+        })
         .collect::<Result<Vec<_>, _>>()?;
-    let applied = apply(&state, auth.user, &mutations, None).await?;
+    let applied = apply(&state, auth.user, mutations, None).await?;
     let written = applied.results.iter().map(|r| r.seq).max().unwrap_or(Seq(0));
     Ok(Json(PushResponse {
         conflicts: applied.conflicts.iter().map(conflict_view).collect(),
@@ -283,7 +286,7 @@ pub async fn resolve_conflict(
         validate_fields(&fields, &state.config.sync_limits).map_err(|e| invalid(None, "", e))?;
         vec![server_mutation(conflict.key.clone(), Op::Upsert(fields), None)]
     };
-    apply(&state, auth.user, &mutations, Some(id)).await?;
+    apply(&state, auth.user, mutations, Some(id)).await?;
     let record = state
         .store
         .record(auth.user, &conflict.key)
@@ -420,7 +423,7 @@ async fn written_record(
     key: RecordKey,
     mutation: Mutation,
 ) -> Result<Response, ApiError> {
-    let applied = apply(state, user, &[mutation], None).await?;
+    let applied = apply(state, user, vec![mutation], None).await?;
     let record = match applied.changed.into_iter().find(|(k, _)| *k == key) {
         Some((_, record)) => record,
         None => state

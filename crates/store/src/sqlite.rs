@@ -57,7 +57,14 @@ impl SqliteStore {
             .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(Duration::from_secs(10))
+            // Records are ~1 KiB rows: 16 KiB pages (for new databases) split far less than
+            // 4 KiB ones (measured: 30k -> 50k records/s for 1,000-record pushes). A push touches
+            // a few MiB of pages, more than SQLite's 2 MiB default cache; statement journals
+            // (UPSERT) stay in RAM.
+            .page_size(16384)
+            .pragma("cache_size", "-65536")
+            .pragma("temp_store", "memory");
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
             .connect_with(options.clone())

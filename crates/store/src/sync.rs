@@ -79,7 +79,7 @@ pub trait SyncStore {
     async fn apply(
         &self,
         user: UserId,
-        mutations: &[Mutation],
+        mutations: Vec<Mutation>,
         now: Timestamp,
         resolves: Option<ConflictId>,
     ) -> Result<Applied, ApplyError>;
@@ -136,7 +136,7 @@ pub(crate) trait SyncTx: Send {
 pub(crate) async fn run_apply<T: SyncTx>(
     tx: &mut T,
     user: UserId,
-    mutations: &[Mutation],
+    mutations: Vec<Mutation>,
     now: Timestamp,
     resolves: Option<ConflictId>,
 ) -> Result<Applied, ApplyError> {
@@ -320,7 +320,7 @@ macro_rules! impl_shared_sync {
             async fn apply(
                 &self,
                 user: UserId,
-                mutations: &[nextsync_core::push::Mutation],
+                mutations: Vec<nextsync_core::push::Mutation>,
                 now: Timestamp,
                 resolves: Option<ConflictId>,
             ) -> Result<Applied, ApplyError> {

@@ -57,11 +57,11 @@ async fn pushes_land_in_the_feed_once_each_in_seq_order(db: TestDb) {
     let batch: Vec<_> = (0..10)
         .map(|i| upsert(&format!("m{i}"), &format!("r{i}"), 1000 + i, json!({"n": i})))
         .collect();
-    let applied = store.apply(u, &batch, now, None).await.expect("apply");
+    let applied = store.apply(u, batch, now, None).await.expect("apply");
     assert_eq!(applied.head, Seq(10));
     // Update r3: it moves to the end of the feed and appears once.
     store
-        .apply(u, &[upsert("m10", "r3", 2000, json!({"n": 33}))], now, None)
+        .apply(u, vec![upsert("m10", "r3", 2000, json!({"n": 33}))], now, None)
         .await
         .expect("apply");
 
@@ -87,7 +87,7 @@ async fn a_repeated_mutation_id_changes_nothing(db: TestDb) {
     let first = store
         .apply(
             u,
-            &[upsert("m1", "r1", 1000, json!({"t": "a"}))],
+            vec![upsert("m1", "r1", 1000, json!({"t": "a"}))],
             Timestamp::now(),
             None,
         )
@@ -96,7 +96,7 @@ async fn a_repeated_mutation_id_changes_nothing(db: TestDb) {
     let again = store
         .apply(
             u,
-            &[upsert("m1", "r1", 5000, json!({"t": "b"}))],
+            vec![upsert("m1", "r1", 5000, json!({"t": "b"}))],
             Timestamp::now(),
             None,
         )
@@ -124,7 +124,7 @@ async fn a_failed_precondition_writes_nothing(db: TestDb) {
     store
         .apply(
             u,
-            &[upsert("m1", "r1", 1000, json!({"t": "a"}))],
+            vec![upsert("m1", "r1", 1000, json!({"t": "a"}))],
             Timestamp::now(),
             None,
         )
@@ -133,7 +133,7 @@ async fn a_failed_precondition_writes_nothing(db: TestDb) {
     let mut stale = upsert("m3", "r1", 3000, json!({"t": "c"}));
     stale.precondition = Some(Precondition::Seq(Seq(7)));
     let batch = [upsert("m2", "r2", 2000, json!({"t": "b"})), stale];
-    match store.apply(u, &batch, Timestamp::now(), None).await {
+    match store.apply(u, batch.to_vec(), Timestamp::now(), None).await {
         Err(ApplyError::PreconditionFailed {
             current: Some(current),
             ..
@@ -145,7 +145,7 @@ async fn a_failed_precondition_writes_nothing(db: TestDb) {
     let retry = store
         .apply(
             u,
-            &[upsert("m2", "r2", 2000, json!({"t": "b"}))],
+            vec![upsert("m2", "r2", 2000, json!({"t": "b"}))],
             Timestamp::now(),
             None,
         )
@@ -162,13 +162,18 @@ async fn a_conflict_resolves_once(db: TestDb) {
     let u = user(&*store, "ann@example.org").await;
     let now = Timestamp::now();
     store
-        .apply(u, &[upsert("m1", "r1", 1000, json!({"t": "laptop"}))], now, None)
+        .apply(
+            u,
+            vec![upsert("m1", "r1", 1000, json!({"t": "laptop"}))],
+            now,
+            None,
+        )
         .await
         .expect("apply");
     let mut phone = upsert("m2", "r1", 2000, json!({"t": "phone"}));
     phone.hlc = Some(Hlc::new(2000, 0, "phone").expect("hlc"));
     phone.base_seq = Some(Seq(0));
-    let applied = store.apply(u, &[phone], now, None).await.expect("apply");
+    let applied = store.apply(u, vec![phone], now, None).await.expect("apply");
     assert_eq!(applied.conflicts.len(), 1);
     let conflict = &store.conflicts(u).await.expect("list")[0];
     assert_eq!(
@@ -179,14 +184,14 @@ async fn a_conflict_resolves_once(db: TestDb) {
     let mut resolution = upsert("resolve-1", "r1", 0, json!({"t": "laptop"}));
     resolution.hlc = None;
     store
-        .apply(u, std::slice::from_ref(&resolution), now, Some(conflict.id))
+        .apply(u, vec![resolution.clone()], now, Some(conflict.id))
         .await
         .expect("resolve");
     assert!(store.conflicts(u).await.expect("list").is_empty());
     let again = store
         .apply(
             u,
-            &[Mutation {
+            vec![Mutation {
                 mutation_id: "resolve-2".into(),
                 ..resolution
             }],
@@ -217,7 +222,7 @@ async fn users_never_see_each_others_records(db: TestDb) {
     store
         .apply(
             ann,
-            &[upsert("m1", "r1", 1000, json!({"t": "ann"}))],
+            vec![upsert("m1", "r1", 1000, json!({"t": "ann"}))],
             Timestamp::now(),
             None,
         )
@@ -226,7 +231,7 @@ async fn users_never_see_each_others_records(db: TestDb) {
     let bob_push = store
         .apply(
             bob,
-            &[upsert("m1", "r1", 900, json!({"t": "bob"}))],
+            vec![upsert("m1", "r1", 900, json!({"t": "bob"}))],
             Timestamp::now(),
             None,
         )
@@ -281,7 +286,10 @@ async fn concurrent_writers_never_let_a_reader_skip_a_change(db: TestDb) {
                 for b in 0..BATCHES {
                     let id = format!("w{w}-b{b}");
                     let m = upsert(&id, &id, 1000 + b as u64, json!({"w": w, "b": b}));
-                    store.apply(u, &[m], Timestamp::now(), None).await.expect("apply");
+                    store
+                        .apply(u, vec![m], Timestamp::now(), None)
+                        .await
+                        .expect("apply");
                 }
             })
         })

