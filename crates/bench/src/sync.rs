@@ -199,6 +199,75 @@ async fn store_rate(
     Ok(written as f64 / in_store.as_secs_f64())
 }
 
+/// Records per second (wall clock, batch building included) of `users` accounts each applying
+/// batches of `size` through `SyncStore::apply` at the same time: commits of different users
+/// overlap, as they do on a server with many users.
+async fn store_rate_concurrent(
+    server: &TestServer,
+    users: usize,
+    size: usize,
+    duration: Duration,
+) -> anyhow::Result<f64> {
+    use nextsync_core::push::{Mutation, RecordKey};
+    use nextsync_core::sync::Op;
+    let api = Api::new(server);
+    let mut ids = Vec::new();
+    for u in 0..users {
+        let session = api
+            .register(&format!(
+                "concurrent{u}-{}@example.org",
+                stamp(0).replace('-', "")
+            ))
+            .await;
+        ids.push(session.user_id.parse::<nextsync_core::ids::UserId>()?);
+    }
+    let start = Instant::now();
+    let tasks: Vec<_> = ids
+        .into_iter()
+        .enumerate()
+        .map(|(u, user)| {
+            let store = server.state.store.clone();
+            tokio::spawn(async move {
+                let mut written = 0usize;
+                let mut n = 0u64;
+                while start.elapsed() < duration {
+                    let batch: Vec<Mutation> = (0..size)
+                        .map(|_| {
+                            n += 1;
+                            Mutation {
+                                mutation_id: format!("c{u}-{n}"),
+                                key: RecordKey {
+                                    collection: "messages".into(),
+                                    id: format!("c{n}"),
+                                },
+                                op: Op::Upsert(
+                                    message_fields((n / 20) as usize, (n % 20) as usize)
+                                        .as_object()
+                                        .cloned()
+                                        .unwrap_or_default(),
+                                ),
+                                hlc: Some(stamp(n).parse().expect("stamp")),
+                                base_seq: None,
+                                precondition: None,
+                            }
+                        })
+                        .collect();
+                    store
+                        .apply(user, batch, nextsync_core::time::Timestamp::now(), None)
+                        .await?;
+                    written += size;
+                }
+                anyhow::Ok(written)
+            })
+        })
+        .collect();
+    let mut total = 0;
+    for task in tasks {
+        total += task.await??;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
+}
+
 /// Records per second of pulling the whole feed in pages of 1000.
 async fn pull_rate(api: &Api, session: &Session) -> anyhow::Result<(f64, usize)> {
     let start = Instant::now();
@@ -227,16 +296,16 @@ pub async fn bench_sync(duration: Duration, rounds: usize) -> anyhow::Result<()>
         duration.as_secs()
     );
     println!(
-        "| store | 1 / push | 100 / push | 1000 / push | store only, 1000 / apply | pull (pages of 1000) |"
+        "| store | 1 / push | 100 / push | 1000 / push | store only, 1000 / apply | store only, 4 users at once | pull (pages of 1000) |"
     );
-    println!("| --- | ---: | ---: | ---: | ---: | ---: |");
+    println!("| --- | ---: | ---: | ---: | ---: | ---: | ---: |");
     for backend in [Backend::Sqlite, Backend::Postgres] {
         let db = match backend {
             Backend::Sqlite => TestDb::sqlite(),
             Backend::Postgres => match TestDb::postgres().await {
                 Some(db) => db,
                 None => {
-                    println!("| postgres | skipped: no PostgreSQL | | | | |");
+                    println!("| postgres | skipped: no PostgreSQL | | | | | |");
                     continue;
                 }
             },
@@ -249,11 +318,13 @@ pub async fn bench_sync(duration: Duration, rounds: usize) -> anyhow::Result<()>
         let mut rates = vec![Vec::new(); sizes.len()];
         let mut pulls = Vec::new();
         let mut store_only = Vec::new();
+        let mut concurrent = Vec::new();
         for round in 0..rounds {
             for (i, size) in sizes.iter().enumerate() {
                 rates[i].push(push_rate(&api, &session, *size, duration, &mut counter).await?);
             }
             store_only.push(store_rate(&server, &session, 1000, duration, &mut counter).await?);
+            concurrent.push(store_rate_concurrent(&server, 4, 1000, duration).await?);
             let (rate, total) = pull_rate(&api, &session).await?;
             pulls.push(rate);
             eprintln!(
@@ -262,7 +333,7 @@ pub async fn bench_sync(duration: Duration, rounds: usize) -> anyhow::Result<()>
             );
         }
         println!(
-            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
+            "| {} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} | {:.0} |",
             match backend {
                 Backend::Sqlite => "SQLite (WAL, synchronous=FULL)",
                 Backend::Postgres => "PostgreSQL 15 (local, fsync on)",
@@ -271,6 +342,7 @@ pub async fn bench_sync(duration: Duration, rounds: usize) -> anyhow::Result<()>
             median(&rates[1]),
             median(&rates[2]),
             median(&store_only),
+            median(&concurrent),
             median(&pulls)
         );
     }
