@@ -268,23 +268,20 @@ pub async fn resolve_conflict(
     };
     let id: ConflictId = id.parse().map_err(|_| not_found())?;
     let conflict = state.store.conflict(auth.user, id).await?.ok_or_else(not_found)?;
+    // `None`: keep a deletion, which every device already has; nothing to write.
     let chosen = match choice {
-        Ok(Choice::Kept) => conflict.kept.clone(),
-        Ok(Choice::Lost) => conflict.lost.clone(),
-        Err(value) => nextsync_core::sync::Side {
-            value,
-            hlc: conflict.kept.hlc.clone(),
-            deleted: false,
-        },
+        Ok(Choice::Kept) => (!conflict.kept.deleted).then(|| conflict.kept.value.clone()),
+        Ok(Choice::Lost) => (!conflict.lost.deleted).then(|| conflict.lost.value.clone()),
+        Err(value) => Some(value),
     };
-    let mutations = if chosen.deleted {
-        // Keeping a deletion: the record already is deleted everywhere; nothing to write.
-        Vec::new()
-    } else {
-        let mut fields = serde_json::Map::new();
-        fields.insert(conflict.field.clone(), chosen.value);
-        validate_fields(&fields, &state.config.sync_limits).map_err(|e| invalid(None, "", e))?;
-        vec![server_mutation(conflict.key.clone(), Op::Upsert(fields), None)]
+    let mutations = match chosen {
+        None => Vec::new(),
+        Some(value) => {
+            let mut fields = serde_json::Map::new();
+            fields.insert(conflict.field.clone(), value);
+            validate_fields(&fields, &state.config.sync_limits).map_err(|e| invalid(None, "", e))?;
+            vec![server_mutation(conflict.key.clone(), Op::Upsert(fields), None)]
+        }
     };
     apply(&state, auth.user, mutations, Some(id)).await?;
     let record = state

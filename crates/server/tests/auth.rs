@@ -556,6 +556,26 @@ async fn deleting_the_account_removes_every_row(db: TestDb) {
     )
     .await;
     reset_token_from_outbox(&db, 1).await;
+    // Synced data and a conflict, so every sync table holds rows of ann too.
+    let now = nextsync_core::time::Timestamp::now().as_millis();
+    let write = |mid: &str, ms: i64, node: &str, text: &str| {
+        json!({"mutation_id": mid, "collection": "notes", "id": "n1", "op": "upsert",
+            "fields": {"text": text}, "hlc": format!("{ms:015}-00000-{node}"), "base_seq": 0})
+    };
+    api.post(
+        "/v1/sync/push",
+        ann.token(),
+        json!({"mutations": [write("a", now, "laptop", "one")]}),
+    )
+    .await;
+    let (_, pushed) = api
+        .post(
+            "/v1/sync/push",
+            ann.token(),
+            json!({"mutations": [write("b", now + 1, "phone", "two")]}),
+        )
+        .await;
+    assert_eq!(pushed["conflicts"].as_array().map(Vec::len), Some(1), "{pushed}");
     let user: uuid::Uuid = ann.user_id.parse().expect("uuid");
     assert!(db.rows_of_user(user).await > 0);
 

@@ -342,6 +342,13 @@ async fn the_openapi_document_lists_every_v1_endpoint() {
         ("/v1/app-passwords", "get"),
         ("/v1/app-passwords", "post"),
         ("/v1/app-passwords/{id}", "delete"),
+        ("/v1/sync/push", "post"),
+        ("/v1/sync/pull", "get"),
+        ("/v1/conflicts", "get"),
+        ("/v1/conflicts/{id}/resolve", "post"),
+        ("/v1/records/{collection}/{id}", "get"),
+        ("/v1/records/{collection}/{id}", "put"),
+        ("/v1/records/{collection}/{id}", "delete"),
     ] {
         assert!(
             paths.get(path).and_then(|p| p.get(method)).is_some(),
