@@ -4,7 +4,7 @@
 //! [`nextsync_store::SyncStore::apply`] (one transaction), then the bus hears the new head.
 //! Reads come out of the feed (`pull`) or the records API, both scoped by the signed-in user.
 //!
-//! - `POST /v1/sync/push`, `GET /v1/sync/pull?since=&limit=`
+//! - `POST /v1/sync/push`, `GET /v1/sync/pull?since=&limit=&wait=` (`wait`: long-poll)
 //! - `GET /v1/conflicts`, `POST /v1/conflicts/{id}/resolve`
 //! - `GET|PUT|DELETE /v1/records/{collection}/{id}` with `ETag`/`If-Match` (optimistic locking)
 
@@ -32,9 +32,13 @@ use nextsync_core::time::Timestamp;
 use nextsync_store::sync::{Applied, ApplyError, Conflict};
 use serde::Deserialize;
 use serde_json::Value;
+use std::time::Duration;
+use tokio::sync::broadcast;
 
 pub const DEFAULT_PULL_LIMIT: u32 = 500;
 pub const MAX_PULL_LIMIT: u32 = 1000;
+/// Longest a long-poll pull may wait.
+pub const MAX_WAIT_SECS: u64 = 60;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -97,6 +101,20 @@ pub fn record_view(key: &RecordKey, stored: &StoredRecord) -> RecordView {
         seq: stored.seq,
         stamps,
         tombstone: stored.record.tombstone.clone(),
+    }
+}
+
+/// Resolves once the bus says `user`'s feed moved past `seq` (or that notices were lost, in
+/// which case the caller re-reads the store anyway).
+async fn changed_after(notices: &mut broadcast::Receiver<Notice>, user: UserId, seq: Seq) {
+    loop {
+        match notices.recv().await {
+            Ok(notice) if notice.user == user && notice.head > seq => return,
+            Ok(_) => {}
+            Err(broadcast::error::RecvError::Lagged(_)) => return,
+            // The bus is gone (shutdown): let the deadline answer.
+            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        }
     }
 }
 
@@ -177,12 +195,16 @@ pub struct PullParams {
     pub since: Option<String>,
     /// At most this many records (default 500, at most 1000).
     pub limit: Option<u32>,
+    /// Long-poll: with no changes after `since`, wait up to this many seconds (at most 60)
+    /// for one, then answer (empty at the deadline).
+    pub wait: Option<u64>,
 }
 
 #[utoipa::path(get, path = "/v1/sync/pull", tag = "sync", security(("bearer" = [])), params(PullParams),
     responses(
         (status = 200, description = "changes after the cursor, in seq order", body = PullResponse),
         (status = 400, description = "invalid_cursor", body = ErrorBody),
+        (status = 400, description = "invalid_wait: wait is over 60 seconds", body = ErrorBody),
         (status = 409, description = "resync_required: the cursor belongs to another epoch or account", body = ErrorBody),
     ))]
 pub async fn pull_changes(
@@ -202,16 +224,44 @@ pub async fn pull_changes(
         .unwrap_or(DEFAULT_PULL_LIMIT)
         .clamp(1, MAX_PULL_LIMIT);
     let from = since.as_ref().map_or(Seq(0), |c| c.seq);
-    // One more than asked tells whether there is more.
-    let mut feed = state.store.pull(auth.user, from, limit + 1).await?;
-    if let Some(cursor) = &since
-        && cursor.epoch != feed.epoch
-    {
-        return Err(ApiError::conflict(
-            "resync_required",
-            "this cursor is from another epoch of the feed; pull again from the beginning",
-        ));
-    }
+    let wait = match params.wait {
+        Some(secs) if secs > MAX_WAIT_SECS => {
+            return Err(ApiError::bad_request(
+                "invalid_wait",
+                format!("wait is at most {MAX_WAIT_SECS} seconds"),
+            ));
+        }
+        Some(secs) if secs > 0 => Some(Duration::from_secs(secs)),
+        _ => None,
+    };
+    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
+    // Subscribed before the first read, so a commit landing between the read and the wait
+    // still wakes this request.
+    let mut notices = deadline.map(|_| state.bus.subscribe());
+    let mut feed = loop {
+        // One more than asked tells whether there is more.
+        let feed = state.store.pull(auth.user, from, limit + 1).await?;
+        if let Some(cursor) = &since
+            && cursor.epoch != feed.epoch
+        {
+            return Err(ApiError::conflict(
+                "resync_required",
+                "this cursor is from another epoch of the feed; pull again from the beginning",
+            ));
+        }
+        let (Some(deadline), Some(notices)) = (deadline, notices.as_mut()) else {
+            break feed;
+        };
+        if !feed.records.is_empty() {
+            break feed;
+        }
+        if tokio::time::timeout_at(deadline, changed_after(notices, auth.user, from))
+            .await
+            .is_err()
+        {
+            break feed;
+        }
+    };
     let has_more = feed.records.len() > limit as usize;
     feed.records.truncate(limit as usize);
     let last = feed.records.last().map_or(from, |(_, r)| r.seq);

@@ -58,6 +58,7 @@ both_backends!(
     the_records_api_locks_optimistically,
     cursors_of_another_feed_require_a_resync,
     compressed_pushes_are_accepted_and_the_bus_hears_commits,
+    a_long_poll_answers_at_once_wakes_on_a_change_and_times_out_empty,
 );
 
 async fn two_devices_editing_one_field_apart_keep_the_later_and_list_the_loser(db: TestDb) {
@@ -585,4 +586,97 @@ async fn compressed_pushes_are_accepted_and_the_bus_hears_commits(db: TestDb) {
     assert_eq!(notice.head.0, 1);
     let (changes, _) = pull_all(&api, &s, None, 10).await;
     assert_eq!(changes[0]["fields"]["text"], "squeezed");
+}
+
+async fn a_long_poll_answers_at_once_wakes_on_a_change_and_times_out_empty(db: TestDb) {
+    let (_server, api) = start(&db).await;
+    let laptop = api.register("ann@example.org").await;
+    let phone = api.login("ann@example.org", nextsync_testkit::PASSWORD).await;
+    let bob = api.register("bob@example.org").await;
+    let t = now_ms();
+    push(
+        &api,
+        &laptop,
+        vec![upsert("a", "r1", &stamp(t, 0, "laptop"), json!({"v": 1}), None)],
+    )
+    .await;
+    let (_, cursor) = pull_all(&api, &phone, None, 100).await;
+
+    // Changes already waiting: the answer comes at once.
+    push(
+        &api,
+        &laptop,
+        vec![upsert("b", "r2", &stamp(t, 1, "laptop"), json!({"v": 2}), None)],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (status, body) = api
+        .get(&format!("/v1/sync/pull?since={cursor}&wait=30"), phone.token())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["changes"][0]["id"], "r2");
+    assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    let cursor = body["cursor"].as_str().expect("cursor").to_owned();
+
+    // Nothing yet: the request waits until the laptop writes, then answers with it.
+    let writer = {
+        let (api, laptop) = (api.clone(), laptop.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            push(
+                &api,
+                &laptop,
+                vec![upsert("c", "r3", &stamp(t, 2, "laptop"), json!({"v": 3}), None)],
+            )
+            .await
+        })
+    };
+    let started = std::time::Instant::now();
+    let (status, body) = api
+        .get(&format!("/v1/sync/pull?since={cursor}&wait=30"), phone.token())
+        .await;
+    let waited = started.elapsed();
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["changes"][0]["id"], "r3", "{body}");
+    assert!(
+        waited >= std::time::Duration::from_millis(300),
+        "answered before the write: {waited:?}"
+    );
+    assert!(
+        waited < std::time::Duration::from_secs(10),
+        "woke late: {waited:?}"
+    );
+    writer.await.expect("writer");
+    let cursor = body["cursor"].as_str().expect("cursor").to_owned();
+
+    // Another account's write does not wake it; the deadline answers empty with the same cursor.
+    let other = {
+        let (api, bob) = (api.clone(), bob.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            push(
+                &api,
+                &bob,
+                vec![upsert("x", "r9", &stamp(t, 3, "bob"), json!({"v": 9}), None)],
+            )
+            .await
+        })
+    };
+    let started = std::time::Instant::now();
+    let (status, body) = api
+        .get(&format!("/v1/sync/pull?since={cursor}&wait=1"), phone.token())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["changes"], json!([]));
+    assert_eq!(body["cursor"], cursor.as_str());
+    assert!(started.elapsed() >= std::time::Duration::from_millis(900));
+    other.await.expect("other");
+
+    let (status, body) = api
+        .get(&format!("/v1/sync/pull?since={cursor}&wait=61"), phone.token())
+        .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_wait")
+    );
 }
