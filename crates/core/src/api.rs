@@ -257,3 +257,57 @@ pub struct PutRecordRequest {
     #[schema(value_type = Object)]
     pub fields: Map<String, Value>,
 }
+
+// ---- the WebSocket feed (`GET /v1/sync/ws`): JSON text frames tagged by `type` ----
+
+/// Protocol version announced in `welcome`.
+pub const WS_PROTOCOL: u32 = 1;
+
+/// Frames a client sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ClientFrame {
+    /// First frame: who (unless the upgrade carried `Authorization: Bearer`) and from where.
+    Hello {
+        #[serde(default)]
+        access_token: Option<Secret>,
+        #[serde(default)]
+        cursor: Option<String>,
+    },
+    /// Same body and answer as `POST /v1/sync/push`.
+    Push {
+        mutations: Vec<MutationIn>,
+    },
+    /// A fresh access token for the same device, before the current one expires.
+    Auth {
+        access_token: Secret,
+    },
+    Ping,
+}
+
+/// Frames the server sends.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum ServerFrame {
+    Welcome {
+        cursor: String,
+        protocol: u32,
+        capabilities: Vec<String>,
+    },
+    /// In seq order, no gap, no duplicate; `cursor` is where this frame leaves the feed.
+    Changes {
+        changes: Vec<RecordView>,
+        cursor: String,
+    },
+    PushResult(PushResponse),
+    AuthOk {
+        expires_in: u64,
+    },
+    Pong,
+    /// After an error about the connection itself (bad hello, expired or revoked token) the
+    /// server closes the socket.
+    Error {
+        code: String,
+        message: String,
+    },
+}

@@ -4,6 +4,7 @@
 use crate::auth::AuthUser;
 use crate::auth::handlers::{confirm_password, current_user};
 use crate::auth::tokens::{TokenKind, new_opaque};
+use crate::bus::Notice;
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
@@ -56,6 +57,7 @@ pub async fn delete_me(
 ) -> Result<StatusCode, ApiError> {
     confirm_password(&state, auth, &req.password).await?;
     state.store.delete_user(auth.user).await?;
+    state.bus.notify(Notice::SignedOut { user: auth.user });
     tracing::info!(user = %auth.user, "account deleted by its owner");
     Ok(StatusCode::NO_CONTENT)
 }
@@ -99,6 +101,7 @@ pub async fn revoke_device(
         .revoke_device(auth.user, device, Timestamp::now())
         .await?
     {
+        state.bus.notify(Notice::SignedOut { user: auth.user });
         Ok(StatusCode::NO_CONTENT)
     } else {
         Err(not_found())

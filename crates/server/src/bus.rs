@@ -1,14 +1,27 @@
-//! The change bus: "user U is now at seq N", published after every commit. It carries no data:
-//! every reader reads the store from its own cursor, so a lost or duplicated notice can delay a
-//! feed but never corrupt it. [`LocalBus`] serves one process; the realtime issue adds Redis.
+//! The change bus: "user U is now at seq N", published after every commit, and "user U signed
+//! a device out". It carries no data: every reader reads the store from its own cursor (and a
+//! socket re-checks its device in the store), so a lost or duplicated notice can delay a feed
+//! or a disconnect but never corrupt anything. [`LocalBus`] serves one process; the realtime
+//! issue adds Redis.
 
 use nextsync_core::ids::{Seq, UserId};
 use tokio::sync::broadcast;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Notice {
-    pub user: UserId,
-    pub head: Seq,
+pub enum Notice {
+    /// `user`'s feed reached `head`.
+    Changed { user: UserId, head: Seq },
+    /// Some device of `user` may have been signed out (logout, removal, password change or
+    /// reset, refresh-token theft, account deletion): open sockets re-check theirs.
+    SignedOut { user: UserId },
+}
+
+impl Notice {
+    pub fn user(&self) -> UserId {
+        match self {
+            Notice::Changed { user, .. } | Notice::SignedOut { user } => *user,
+        }
+    }
 }
 
 pub trait Bus: std::fmt::Debug + Send + Sync {

@@ -6,7 +6,7 @@
 //! - [`auth`]: accounts, tokens, rate limits, the `AuthUser`/`AppPasswordUser` extractors.
 //! - [`account`]: `/v1/me`, devices, app passwords.
 //! - [`sync`]: the one write path (`sync::apply`), push, pull, conflicts, records API;
-//!   [`bus`]: "user U is at seq N" notices after every commit.
+//!   [`bus`]: "user U is at seq N" notices after every commit; [`ws`]: the WebSocket feed.
 //! - [`ops`]: health, readiness, metrics, OpenAPI; [`metrics`]: the Prometheus recorder.
 //! - [`mail`]: the log and SMTP mailers; [`secrets`]: keys generated into the data dir.
 //! - [`error`]: [`ApiError`]; [`extract`]: JSON and client-address extractors.
@@ -24,6 +24,7 @@ pub mod router;
 pub mod secrets;
 pub mod state;
 pub mod sync;
+pub mod ws;
 
 pub use config::Config;
 pub use error::ApiError;

@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{account, auth, metrics, ops, sync};
+use crate::{account, auth, metrics, ops, sync, ws};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
@@ -25,6 +25,7 @@ pub fn app(state: AppState) -> Router {
         .merge(auth::router())
         .merge(account::router())
         .merge(sync::router())
+        .merge(ws::router())
         .merge(ops::router())
         .route_layer(middleware::from_fn(metrics::track))
         .fallback(not_found)

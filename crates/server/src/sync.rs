@@ -66,7 +66,7 @@ pub async fn apply(
         .await
         .map_err(apply_error)?;
     if !applied.changed.is_empty() {
-        state.bus.notify(Notice {
+        state.bus.notify(Notice::Changed {
             user,
             head: applied.head,
         });
@@ -109,7 +109,7 @@ pub fn record_view(key: &RecordKey, stored: &StoredRecord) -> RecordView {
 async fn changed_after(notices: &mut broadcast::Receiver<Notice>, user: UserId, seq: Seq) {
     loop {
         match notices.recv().await {
-            Ok(notice) if notice.user == user && notice.head > seq => return,
+            Ok(Notice::Changed { user: u, head }) if u == user && head > seq => return,
             Ok(_) => {}
             Err(broadcast::error::RecvError::Lagged(_)) => return,
             // The bus is gone (shutdown): let the deadline answer.
@@ -154,21 +154,29 @@ pub async fn push_changes(
     auth: AuthUser,
     Json(req): Json<PushRequest>,
 ) -> Result<Json<PushResponse>, ApiError> {
+    apply_push(&state, auth, req.mutations).await.map(Json)
+}
+
+/// A push from any transport (HTTP or WebSocket): validated whole, then applied.
+pub async fn apply_push(
+    state: &AppState,
+    auth: AuthUser,
+    mutations: Vec<nextsync_core::api::MutationIn>,
+) -> Result<PushResponse, ApiError> {
     let limits = state.config.sync_limits;
-    if req.mutations.len() > limits.max_mutations {
+    if mutations.len() > limits.max_mutations {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             "too_many_mutations",
             format!(
                 "{} mutations in one push; the limit is {}",
-                req.mutations.len(),
+                mutations.len(),
                 limits.max_mutations
             ),
         ));
     }
     let now_ms = u64::try_from(Timestamp::now().as_millis()).unwrap_or(0);
-    let mutations = req
-        .mutations
+    let mutations = mutations
         .into_iter()
         .enumerate()
         .map(|(i, m)| {
@@ -176,9 +184,9 @@ pub async fn push_changes(
             Mutation::validate(m, &limits, now_ms).map_err(|e| invalid(Some(i), &id, e))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let applied = apply(&state, auth.user, mutations, None).await?;
+    let applied = apply(state, auth.user, mutations, None).await?;
     let written = applied.results.iter().map(|r| r.seq).max().unwrap_or(Seq(0));
-    Ok(Json(PushResponse {
+    Ok(PushResponse {
         conflicts: applied.conflicts.iter().map(conflict_view).collect(),
         cursor: Cursor {
             epoch: applied.epoch,
@@ -186,7 +194,7 @@ pub async fn push_changes(
         }
         .encode(),
         results: applied.results,
-    }))
+    })
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -224,48 +232,68 @@ pub async fn pull_changes(
         .unwrap_or(DEFAULT_PULL_LIMIT)
         .clamp(1, MAX_PULL_LIMIT);
     let from = since.as_ref().map_or(Seq(0), |c| c.seq);
-    let wait = match params.wait {
+    let deadline = match params.wait {
         Some(secs) if secs > MAX_WAIT_SECS => {
             return Err(ApiError::bad_request(
                 "invalid_wait",
                 format!("wait is at most {MAX_WAIT_SECS} seconds"),
             ));
         }
-        Some(secs) if secs > 0 => Some(Duration::from_secs(secs)),
+        Some(secs) if secs > 0 => Some(tokio::time::Instant::now() + Duration::from_secs(secs)),
         _ => None,
     };
-    let deadline = wait.map(|w| tokio::time::Instant::now() + w);
     // Subscribed before the first read, so a commit landing between the read and the wait
     // still wakes this request.
     let mut notices = deadline.map(|_| state.bus.subscribe());
-    let mut feed = loop {
-        // One more than asked tells whether there is more.
-        let feed = state.store.pull(auth.user, from, limit + 1).await?;
-        if let Some(cursor) = &since
-            && cursor.epoch != feed.epoch
-        {
-            return Err(ApiError::conflict(
-                "resync_required",
-                "this cursor is from another epoch of the feed; pull again from the beginning",
-            ));
-        }
+    let page = loop {
+        let page = pull_page(&state, auth.user, since.as_ref(), limit).await?;
         let (Some(deadline), Some(notices)) = (deadline, notices.as_mut()) else {
-            break feed;
+            break page;
         };
-        if !feed.records.is_empty() {
-            break feed;
-        }
-        if tokio::time::timeout_at(deadline, changed_after(notices, auth.user, from))
-            .await
-            .is_err()
+        if !page.changes.is_empty()
+            || tokio::time::timeout_at(deadline, changed_after(notices, auth.user, from))
+                .await
+                .is_err()
         {
-            break feed;
+            break page;
         }
     };
+    Ok(Json(PullResponse {
+        changes: page.changes,
+        cursor: page.cursor.encode(),
+        has_more: page.has_more,
+    }))
+}
+
+/// One page of a user's feed after `since` (from the beginning when `None`).
+#[derive(Debug)]
+pub struct Page {
+    pub changes: Vec<RecordView>,
+    /// Where this page leaves the feed (`since` itself when the page is empty).
+    pub cursor: Cursor,
+    pub has_more: bool,
+}
+
+/// Reads one page of the feed; a cursor of another epoch is 409 `resync_required`.
+pub async fn pull_page(
+    state: &AppState,
+    user: UserId,
+    since: Option<&Cursor>,
+    limit: u32,
+) -> Result<Page, ApiError> {
+    let from = since.map_or(Seq(0), |c| c.seq);
+    // One more than asked tells whether there is more.
+    let mut feed = state.store.pull(user, from, limit + 1).await?;
+    if since.is_some_and(|c| c.epoch != feed.epoch) {
+        return Err(ApiError::conflict(
+            "resync_required",
+            "this cursor is from another epoch of the feed; pull again from the beginning",
+        ));
+    }
     let has_more = feed.records.len() > limit as usize;
     feed.records.truncate(limit as usize);
     let last = feed.records.last().map_or(from, |(_, r)| r.seq);
-    Ok(Json(PullResponse {
+    Ok(Page {
         changes: feed
             .records
             .iter()
@@ -274,10 +302,9 @@ pub async fn pull_changes(
         cursor: Cursor {
             epoch: feed.epoch,
             seq: last,
-        }
-        .encode(),
+        },
         has_more,
-    }))
+    })
 }
 
 #[utoipa::path(get, path = "/v1/conflicts", tag = "sync", security(("bearer" = [])),

@@ -582,8 +582,12 @@ async fn compressed_pushes_are_accepted_and_the_bus_hears_commits(db: TestDb) {
         .await
         .expect("notice")
         .expect("bus");
-    assert_eq!(notice.user.to_string(), s.user_id);
-    assert_eq!(notice.head.0, 1);
+    match notice {
+        nextsync_server::bus::Notice::Changed { user, head } => {
+            assert_eq!((user.to_string(), head.0), (s.user_id.clone(), 1));
+        }
+        other => panic!("expected a change notice, got {other:?}"),
+    }
     let (changes, _) = pull_all(&api, &s, None, 10).await;
     assert_eq!(changes[0]["fields"]["text"], "squeezed");
 }

@@ -1,7 +1,7 @@
 //! Extractors named after what they prove. A handler that takes [`AuthUser`] runs only for a
 //! signed-in device; one that takes [`AppPasswordUser`] only for a valid app password.
 
-use crate::auth::tokens::{TokenKind, parse_opaque};
+use crate::auth::tokens::{Claims, TokenKind, parse_opaque};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
@@ -32,23 +32,36 @@ impl FromRequestParts<AppState> for AuthUser {
         let token = bearer(parts).ok_or_else(|| {
             ApiError::unauthorized("missing_token", "send Authorization: Bearer <access token>")
         })?;
-        let claims = state.tokens.verify(token)?;
-        let status = state.store.device_status(claims.sub, claims.did).await?;
-        let Some(status) = status.filter(|s| s.is_active()) else {
-            return Err(ApiError::unauthorized(
-                "token_revoked",
-                "this device has been signed out; sign in again",
-            ));
-        };
-        let now = Timestamp::now();
-        if status.last_seen_at < now.minus_secs(TOUCH_EVERY_SECS) {
-            state.store.touch_device(claims.sub, claims.did, now).await?;
-        }
-        Ok(AuthUser {
-            user: claims.sub,
-            device: claims.did,
-        })
+        authenticate(state, token).await.map(|(auth, _)| auth)
     }
+}
+
+/// Checks an access token: signature, expiry, and that its device is still signed in (one
+/// store read). Returns who it proves and its claims (a WebSocket keeps `exp`).
+pub async fn authenticate(state: &AppState, token: &str) -> Result<(AuthUser, Claims), ApiError> {
+    let claims = state.tokens.verify(token)?;
+    let auth = AuthUser {
+        user: claims.sub,
+        device: claims.did,
+    };
+    ensure_signed_in(state, auth).await?;
+    Ok((auth, claims))
+}
+
+/// Fails with `token_revoked` when the device was signed out or its account disabled.
+pub async fn ensure_signed_in(state: &AppState, auth: AuthUser) -> Result<(), ApiError> {
+    let status = state.store.device_status(auth.user, auth.device).await?;
+    let Some(status) = status.filter(|s| s.is_active()) else {
+        return Err(ApiError::unauthorized(
+            "token_revoked",
+            "this device has been signed out; sign in again",
+        ));
+    };
+    let now = Timestamp::now();
+    if status.last_seen_at < now.minus_secs(TOUCH_EVERY_SECS) {
+        state.store.touch_device(auth.user, auth.device, now).await?;
+    }
+    Ok(())
 }
 
 /// The caller presented an app password: HTTP Basic `email:app-password` (decoded as

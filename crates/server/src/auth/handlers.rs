@@ -6,6 +6,7 @@
 
 use crate::auth::AuthUser;
 use crate::auth::tokens::{TokenKind, new_opaque, parse_opaque};
+use crate::bus::Notice;
 use crate::config::Registration;
 use crate::error::ApiError;
 use crate::extract::{ClientIp, Json};
@@ -162,6 +163,7 @@ pub async fn refresh(
         }
         RefreshOutcome::Reused { device_id } => {
             tracing::warn!(%user, %device_id, "refresh token reused: device signed out");
+            state.bus.notify(Notice::SignedOut { user });
             Err(ApiError::unauthorized(
                 "refresh_token_reused",
                 "this refresh token was already used; the device has been signed out for safety",
@@ -178,6 +180,7 @@ pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<Sta
         .store
         .revoke_device(auth.user, auth.device, Timestamp::now())
         .await?;
+    state.bus.notify(Notice::SignedOut { user: auth.user });
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -268,7 +271,10 @@ pub async fn reset_password(
         .consume_password_reset(user_id, &hash, &password_hash, Timestamp::now())
         .await?
     {
-        ResetOutcome::Done => Ok(StatusCode::NO_CONTENT),
+        ResetOutcome::Done => {
+            state.bus.notify(Notice::SignedOut { user: user_id });
+            Ok(StatusCode::NO_CONTENT)
+        }
         ResetOutcome::AlreadyUsed => Err(ApiError::new(
             StatusCode::GONE,
             "reset_token_used",
@@ -303,6 +309,7 @@ pub async fn change_password(
         .store
         .set_password(auth.user, &password_hash, Some(auth.device), Timestamp::now())
         .await?;
+    state.bus.notify(Notice::SignedOut { user: auth.user });
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -1,0 +1,310 @@
+//! `GET /v1/sync/ws`: the live feed over a WebSocket.
+//!
+//! Poke, then pull: the socket subscribes to the bus before it reads anything, sends the
+//! backlog after the client's cursor, then re-reads the store from its own cursor whenever the
+//! bus says its user moved on. Frames therefore come in seq order with no gap and no
+//! duplicate, across reconnects; a lost or repeated notice only delays a frame.
+//!
+//! The connection lives as long as its access token: the client renews it with an `auth`
+//! frame, or the server closes with `token_expired`. A sign-out notice for the user makes the
+//! socket re-check its device, and every [`RECHECK`] it re-checks (and re-reads) regardless,
+//! in case a notice was lost. A socket that stops answering pings is closed. Sends are
+//! awaited one at a time, so a slow client slows only itself and never buffers more than one
+//! page.
+
+use crate::auth::AuthUser;
+use crate::auth::extract::{authenticate, ensure_signed_in};
+use crate::bus::Notice;
+use crate::error::ApiError;
+use crate::state::AppState;
+use crate::sync::{apply_push, pull_page};
+use axum::Router;
+use axum::extract::State;
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::http::HeaderMap;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use nextsync_core::api::{ClientFrame, ServerFrame, WS_PROTOCOL};
+use nextsync_core::cursor::Cursor;
+use nextsync_core::time::Timestamp;
+use std::time::Duration;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::time::{Instant, interval, sleep_until, timeout};
+
+/// How long a client may take to say hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// Ping interval; a peer silent for [`DEAD_AFTER`] is gone.
+const PING_EVERY: Duration = Duration::from_secs(20);
+const DEAD_AFTER: Duration = Duration::from_secs(60);
+/// Store re-check interval, for notices that never arrived.
+const RECHECK: Duration = Duration::from_secs(30);
+/// Records per `changes` frame.
+const PAGE: u32 = 500;
+
+pub fn router() -> Router<AppState> {
+    Router::new().route("/v1/sync/ws", get(open_socket))
+}
+
+async fn open_socket(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    upgrade: WebSocketUpgrade,
+) -> Response {
+    // A token on the upgrade request is checked before upgrading: a bad one is a plain 401.
+    let header_token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
+        .map(|t| t.trim().to_owned());
+    let pre_auth = match header_token {
+        Some(token) => match authenticate(&state, &token).await {
+            Ok((auth, claims)) => Some((auth, claims.exp)),
+            Err(e) => return e.into_response(),
+        },
+        None => None,
+    };
+    upgrade
+        .max_message_size(state.config.max_body_bytes)
+        .on_upgrade(move |socket| async move {
+            let mut conn = Connection { socket, state };
+            if let Err(close) = conn.run(pre_auth).await {
+                conn.close(close).await;
+            }
+        })
+}
+
+/// Why the server ends a connection: sent as an `error` frame, then a close frame.
+struct Close {
+    code: String,
+    message: String,
+}
+
+impl From<ApiError> for Close {
+    fn from(e: ApiError) -> Self {
+        Close {
+            code: e.code().to_owned(),
+            message: e.message().to_owned(),
+        }
+    }
+}
+
+fn close(code: &str, message: &str) -> Close {
+    Close {
+        code: code.to_owned(),
+        message: message.to_owned(),
+    }
+}
+
+struct Connection {
+    socket: WebSocket,
+    state: AppState,
+}
+
+impl Connection {
+    async fn send(&mut self, frame: &ServerFrame) -> Result<(), Close> {
+        let text = serde_json::to_string(frame).map_err(|_| close("internal", "cannot encode a frame"))?;
+        self.socket
+            .send(Message::Text(Utf8Bytes::from(text)))
+            .await
+            .map_err(|_| close("gone", "the peer went away"))
+    }
+
+    async fn close(&mut self, reason: Close) {
+        let frame = ServerFrame::Error {
+            code: reason.code.clone(),
+            message: reason.message,
+        };
+        let _ = self.send(&frame).await;
+        let code = if reason.code == "internal" { 1011 } else { 1008 };
+        let _ = self
+            .socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(reason.code),
+            })))
+            .await;
+    }
+
+    async fn run(&mut self, pre_auth: Option<(AuthUser, i64)>) -> Result<(), Close> {
+        let (auth, mut expires_at, cursor) = self.hello(pre_auth).await?;
+        // Subscribe before the first read: a commit between the read and the subscription
+        // would otherwise go unnoticed.
+        let mut notices = self.state.bus.subscribe();
+        let mut cursor = self.catch_up(auth, cursor, true).await?;
+        let mut ping = interval(PING_EVERY);
+        let mut recheck = interval(RECHECK);
+        let mut last_heard = Instant::now();
+        loop {
+            tokio::select! {
+                () = sleep_until(expires_at) => return Err(close("token_expired", "the access token expired; reconnect with a fresh one")),
+                notice = notices.recv() => match notice {
+                    Ok(Notice::Changed { user, head }) if user == auth.user && head > cursor.seq => {
+                        cursor = self.catch_up(auth, Some(cursor), false).await?;
+                    }
+                    Ok(Notice::SignedOut { user }) if user == auth.user => ensure_signed_in(&self.state, auth).await?,
+                    Ok(_) => {}
+                    Err(RecvError::Lagged(_)) => {
+                        ensure_signed_in(&self.state, auth).await?;
+                        cursor = self.catch_up(auth, Some(cursor), false).await?;
+                    }
+                    Err(RecvError::Closed) => return Err(close("shutting_down", "the server is stopping")),
+                },
+                _ = recheck.tick() => {
+                    ensure_signed_in(&self.state, auth).await?;
+                    cursor = self.catch_up(auth, Some(cursor), false).await?;
+                }
+                _ = ping.tick() => {
+                    if last_heard.elapsed() > DEAD_AFTER {
+                        return Err(close("timeout", "no answer to pings"));
+                    }
+                    self.socket.send(Message::Ping(Default::default())).await.map_err(|_| close("gone", "the peer went away"))?;
+                }
+                message = self.socket.recv() => {
+                    last_heard = Instant::now();
+                    match message {
+                        None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
+                        Some(Ok(Message::Text(text))) => {
+                            if let Some(new_expiry) = self.handle(auth, text.as_str()).await? {
+                                expires_at = new_expiry;
+                            }
+                        }
+                        Some(Ok(Message::Binary(_))) => return Err(close("bad_frame", "frames are JSON text")),
+                        Some(Ok(_)) => {} // pings and pongs
+                    }
+                }
+            }
+        }
+    }
+
+    /// Reads and checks the `hello` frame; answers `welcome`.
+    async fn hello(
+        &mut self,
+        pre_auth: Option<(AuthUser, i64)>,
+    ) -> Result<(AuthUser, Instant, Option<Cursor>), Close> {
+        let first = timeout(HELLO_TIMEOUT, self.socket.recv())
+            .await
+            .map_err(|_| close("bad_hello", "say hello first"))?;
+        let Some(Ok(Message::Text(text))) = first else {
+            return Err(close("bad_hello", "the first frame must be a JSON hello"));
+        };
+        let Ok(ClientFrame::Hello { access_token, cursor }) = serde_json::from_str(text.as_str()) else {
+            return Err(close(
+                "bad_hello",
+                r#"the first frame must be {"type":"hello","access_token","cursor"}"#,
+            ));
+        };
+        let (auth, exp) = match (access_token, pre_auth) {
+            (Some(token), _) => {
+                let (auth, claims) = authenticate(&self.state, token.expose()).await?;
+                (auth, claims.exp)
+            }
+            (None, Some(pre)) => pre,
+            (None, None) => {
+                return Err(close(
+                    "missing_token",
+                    "send access_token in hello or as a Bearer header",
+                ));
+            }
+        };
+        let cursor = match cursor.as_deref().filter(|c| !c.is_empty()) {
+            None => None,
+            Some(text) => {
+                Some(Cursor::decode(text).ok_or_else(|| close("invalid_cursor", "cursor is not a cursor"))?)
+            }
+        };
+        Ok((auth, deadline_of(exp), cursor))
+    }
+
+    /// Sends everything after `cursor` (all of it when `None`), page by page; with `welcome`,
+    /// announces the connection first. Returns the new cursor.
+    async fn catch_up(
+        &mut self,
+        auth: AuthUser,
+        cursor: Option<Cursor>,
+        welcome: bool,
+    ) -> Result<Cursor, Close> {
+        let mut page = pull_page(&self.state, auth.user, cursor.as_ref(), PAGE).await?;
+        if welcome {
+            let start = cursor.clone().unwrap_or(Cursor {
+                epoch: page.cursor.epoch.clone(),
+                seq: Default::default(),
+            });
+            self.send(&ServerFrame::Welcome {
+                cursor: start.encode(),
+                protocol: WS_PROTOCOL,
+                capabilities: vec!["push".into(), "auth".into(), "ping".into()],
+            })
+            .await?;
+        }
+        loop {
+            let next = page.cursor.clone();
+            if !page.changes.is_empty() {
+                self.send(&ServerFrame::Changes {
+                    changes: page.changes,
+                    cursor: next.encode(),
+                })
+                .await?;
+            }
+            if !page.has_more {
+                return Ok(next);
+            }
+            page = pull_page(&self.state, auth.user, Some(&next), PAGE).await?;
+        }
+    }
+
+    /// Answers one client frame; returns a new token deadline after a successful `auth`.
+    async fn handle(&mut self, auth: AuthUser, text: &str) -> Result<Option<Instant>, Close> {
+        let frame: ClientFrame = match serde_json::from_str(text) {
+            Ok(frame) => frame,
+            Err(e) => {
+                let error = ServerFrame::Error {
+                    code: "bad_frame".into(),
+                    message: e.to_string(),
+                };
+                self.send(&error).await?;
+                return Ok(None);
+            }
+        };
+        match frame {
+            ClientFrame::Push { mutations } => {
+                let reply = match apply_push(&self.state, auth, mutations).await {
+                    Ok(response) => ServerFrame::PushResult(response),
+                    // A refused push is answered, not fatal: the connection is fine.
+                    Err(e) => ServerFrame::Error {
+                        code: e.code().to_owned(),
+                        message: e.message().to_owned(),
+                    },
+                };
+                self.send(&reply).await?;
+                Ok(None)
+            }
+            ClientFrame::Auth { access_token } => {
+                let (renewed, claims) = authenticate(&self.state, access_token.expose()).await?;
+                if renewed != auth {
+                    return Err(close("wrong_device", "a socket keeps the device it opened with"));
+                }
+                let expires_in = u64::try_from(claims.exp - Timestamp::now().as_secs()).unwrap_or(0);
+                self.send(&ServerFrame::AuthOk { expires_in }).await?;
+                Ok(Some(deadline_of(claims.exp)))
+            }
+            ClientFrame::Ping => {
+                self.send(&ServerFrame::Pong).await?;
+                Ok(None)
+            }
+            ClientFrame::Hello { .. } => {
+                let error = ServerFrame::Error {
+                    code: "bad_frame".into(),
+                    message: "hello only once".into(),
+                };
+                self.send(&error).await?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// The instant a token with `exp` (Unix seconds) expires.
+fn deadline_of(exp: i64) -> Instant {
+    let left = exp.saturating_sub(Timestamp::now().as_secs()).max(0);
+    Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
+}

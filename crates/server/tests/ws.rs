@@ -1,0 +1,292 @@
+//! The WebSocket feed over real TCP and real WebSockets, on SQLite and PostgreSQL.
+
+use futures::{SinkExt, StreamExt};
+use nextsync_testkit::{Api, PASSWORD, Session, TestDb, TestServer, both_backends, start};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use std::time::Duration;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+fn ws_url(server: &TestServer) -> String {
+    format!("ws://{}/v1/sync/ws", server.addr)
+}
+
+async fn connect(server: &TestServer) -> Socket {
+    tokio_tungstenite::connect_async(ws_url(server))
+        .await
+        .expect("connect")
+        .0
+}
+
+async fn send(socket: &mut Socket, frame: Value) {
+    socket.send(Message::text(frame.to_string())).await.expect("send");
+}
+
+/// The next JSON frame (pings skipped); `None` when the socket closed or nothing came in time.
+async fn recv(socket: &mut Socket, within: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let message = tokio::time::timeout_at(deadline, socket.next())
+            .await
+            .ok()??
+            .ok()?;
+        match message {
+            Message::Text(text) => return Some(serde_json::from_str(text.as_str()).expect("JSON frame")),
+            Message::Close(_) => return None,
+            _ => {}
+        }
+    }
+}
+
+/// Says hello with `session`'s token from `cursor`; returns the welcome frame.
+async fn hello(socket: &mut Socket, session: &Session, cursor: Option<&str>) -> Value {
+    send(
+        socket,
+        json!({"type": "hello", "access_token": session.access, "cursor": cursor}),
+    )
+    .await;
+    let welcome = recv(socket, Duration::from_secs(5)).await.expect("welcome");
+    assert_eq!(welcome["type"], "welcome", "{welcome}");
+    welcome
+}
+
+/// Collects `changes` frames until `n` records came; returns their ids and the last cursor.
+async fn changes(socket: &mut Socket, n: usize) -> (Vec<String>, String) {
+    let mut ids = Vec::new();
+    let mut cursor = String::new();
+    while ids.len() < n {
+        let frame = recv(socket, Duration::from_secs(5))
+            .await
+            .unwrap_or_else(|| panic!("only {ids:?} arrived"));
+        if frame["type"] != "changes" {
+            continue;
+        }
+        for change in frame["changes"].as_array().expect("changes") {
+            ids.push(change["id"].as_str().expect("id").to_owned());
+        }
+        cursor = frame["cursor"].as_str().expect("cursor").to_owned();
+    }
+    (ids, cursor)
+}
+
+fn upsert(mid: &str, id: &str, counter: u32) -> Value {
+    let ms = nextsync_core::time::Timestamp::now().as_millis();
+    json!({"mutation_id": mid, "collection": "notes", "id": id, "op": "upsert",
+        "fields": {"text": format!("note {id}")}, "hlc": format!("{ms:015}-{counter:05}-laptop")})
+}
+
+async fn push(api: &Api, session: &Session, mutations: Vec<Value>) {
+    let (status, body) = api
+        .post(
+            "/v1/sync/push",
+            session.token(),
+            json!({ "mutations": mutations }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+both_backends!(
+    backlog_then_live_then_resume_with_no_gap_and_no_duplicate,
+    a_signed_out_device_loses_its_socket_at_once,
+);
+
+async fn backlog_then_live_then_resume_with_no_gap_and_no_duplicate(db: TestDb) {
+    let (server, api) = start(&db).await;
+    let laptop = api.register("ann@example.org").await;
+    let phone = api.login("ann@example.org", PASSWORD).await;
+    push(
+        &api,
+        &laptop,
+        vec![upsert("a", "r1", 0), upsert("b", "r2", 1), upsert("c", "r3", 2)],
+    )
+    .await;
+
+    let mut socket = connect(&server).await;
+    let welcome = hello(&mut socket, &phone, None).await;
+    assert_eq!(welcome["protocol"], 1);
+    assert!(
+        welcome["capabilities"]
+            .as_array()
+            .expect("capabilities")
+            .contains(&json!("push"))
+    );
+    let (backlog, _) = changes(&mut socket, 3).await;
+    assert_eq!(backlog, ["r1", "r2", "r3"]);
+
+    // Live: a write through HTTP by another device arrives as a frame.
+    push(&api, &laptop, vec![upsert("d", "r4", 3)]).await;
+    let (live, _) = changes(&mut socket, 1).await;
+    assert_eq!(live, ["r4"]);
+
+    // A push over the socket is answered like HTTP, and its change comes through the feed.
+    send(
+        &mut socket,
+        json!({"type": "push", "mutations": [upsert("e", "r5", 4)]}),
+    )
+    .await;
+    let mut got_result = false;
+    let mut got_change = false;
+    let mut cursor = String::new();
+    while !(got_result && got_change) {
+        let frame = recv(&mut socket, Duration::from_secs(5)).await.expect("frame");
+        match frame["type"].as_str() {
+            Some("push_result") => {
+                assert_eq!(frame["results"][0]["status"], "applied");
+                got_result = true;
+            }
+            Some("changes") => {
+                assert_eq!(frame["changes"][0]["id"], "r5");
+                cursor = frame["cursor"].as_str().expect("cursor").to_owned();
+                got_change = true;
+            }
+            _ => panic!("unexpected {frame}"),
+        }
+    }
+    send(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(
+        recv(&mut socket, Duration::from_secs(5)).await.expect("pong")["type"],
+        "pong"
+    );
+    socket.close(None).await.expect("close");
+
+    // Written while away: a reconnect from the cursor gets exactly these, then nothing more.
+    push(&api, &laptop, vec![upsert("f", "r6", 5), upsert("g", "r7", 6)]).await;
+    let mut socket = connect(&server).await;
+    hello(&mut socket, &phone, Some(&cursor)).await;
+    let (resumed, _) = changes(&mut socket, 2).await;
+    assert_eq!(resumed, ["r6", "r7"]);
+    assert!(
+        recv(&mut socket, Duration::from_millis(300)).await.is_none(),
+        "no duplicate follows"
+    );
+}
+
+async fn a_signed_out_device_loses_its_socket_at_once(db: TestDb) {
+    let (server, api) = start(&db).await;
+    let laptop = api.register("ann@example.org").await;
+    let phone = api.login("ann@example.org", PASSWORD).await;
+    let mut socket = connect(&server).await;
+    hello(&mut socket, &phone, None).await;
+
+    let started = std::time::Instant::now();
+    let (status, _) = api
+        .delete(&format!("/v1/devices/{}", phone.device_id), laptop.token(), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let frame = recv(&mut socket, Duration::from_secs(2))
+        .await
+        .expect("an error frame");
+    assert_eq!(
+        (frame["type"].as_str(), frame["code"].as_str()),
+        (Some("error"), Some("token_revoked"))
+    );
+    assert!(
+        recv(&mut socket, Duration::from_secs(2)).await.is_none(),
+        "then the socket closes"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "closed within a second: {:?}",
+        started.elapsed()
+    );
+}
+
+#[tokio::test]
+async fn an_expiring_token_closes_the_socket_unless_renewed() {
+    let db = TestDb::sqlite();
+    let mut config = db.config();
+    config.access_token_ttl = Duration::from_secs(2);
+    let server = TestServer::start(config).await;
+    let api = Api::new(&server);
+    let session = api.register("ann@example.org").await;
+    let mut socket = connect(&server).await;
+    hello(&mut socket, &session, None).await;
+
+    // Renew halfway: the socket outlives the first token.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let (_, refreshed) = api
+        .post(
+            "/v1/auth/refresh",
+            None,
+            json!({"refresh_token": session.refresh}),
+        )
+        .await;
+    let renewed = Session::from_json(&refreshed);
+    send(
+        &mut socket,
+        json!({"type": "auth", "access_token": renewed.access}),
+    )
+    .await;
+    assert_eq!(
+        recv(&mut socket, Duration::from_secs(2)).await.expect("auth_ok")["type"],
+        "auth_ok"
+    );
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    send(&mut socket, json!({"type": "ping"})).await;
+    assert_eq!(
+        recv(&mut socket, Duration::from_secs(1))
+            .await
+            .expect("still open")["type"],
+        "pong"
+    );
+
+    // Not renewed again: closed with token_expired.
+    let frame = recv(&mut socket, Duration::from_secs(4))
+        .await
+        .expect("an error frame");
+    assert_eq!(frame["code"], "token_expired", "{frame}");
+    assert!(recv(&mut socket, Duration::from_secs(2)).await.is_none());
+}
+
+#[tokio::test]
+async fn a_bad_hello_is_refused() {
+    let db = TestDb::sqlite();
+    let (server, api) = start(&db).await;
+    let session = api.register("ann@example.org").await;
+
+    let mut socket = connect(&server).await;
+    send(
+        &mut socket,
+        json!({"type": "hello", "access_token": "not-a-token", "cursor": null}),
+    )
+    .await;
+    let frame = recv(&mut socket, Duration::from_secs(5)).await.expect("error");
+    assert_eq!(
+        (frame["type"].as_str(), frame["code"].as_str()),
+        (Some("error"), Some("invalid_token"))
+    );
+    assert!(recv(&mut socket, Duration::from_secs(2)).await.is_none());
+
+    let mut socket = connect(&server).await;
+    send(&mut socket, json!({"type": "ping"})).await;
+    let frame = recv(&mut socket, Duration::from_secs(5)).await.expect("error");
+    assert_eq!(frame["code"], "bad_hello");
+
+    let mut request = ws_url(&server).into_client_request().expect("request");
+    request
+        .headers_mut()
+        .insert("authorization", "Bearer nope".parse().expect("header"));
+    match tokio_tungstenite::connect_async(request).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED.as_u16());
+        }
+        other => panic!("expected a 401, got {:?}", other.map(|_| ())),
+    }
+
+    // A good Bearer header on the upgrade stands in for the token in hello.
+    let mut request = ws_url(&server).into_client_request().expect("request");
+    request.headers_mut().insert(
+        "authorization",
+        format!("Bearer {}", session.access).parse().expect("header"),
+    );
+    let (mut socket, _) = tokio_tungstenite::connect_async(request).await.expect("upgrade");
+    send(&mut socket, json!({"type": "hello", "cursor": null})).await;
+    assert_eq!(
+        recv(&mut socket, Duration::from_secs(5)).await.expect("welcome")["type"],
+        "welcome"
+    );
+}
