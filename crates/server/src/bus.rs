@@ -4,8 +4,12 @@
 //! or a disconnect but never corrupt anything. [`LocalBus`] serves one process; the realtime
 //! issue adds Redis.
 
+use futures::StreamExt;
 use nextsync_core::ids::{Seq, UserId};
-use tokio::sync::broadcast;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+use tokio::sync::{broadcast, mpsc};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Notice {
@@ -14,14 +18,9 @@ pub enum Notice {
     /// Some device of `user` may have been signed out (logout, removal, password change or
     /// reset, refresh-token theft, account deletion): open sockets re-check theirs.
     SignedOut { user: UserId },
-}
-
-impl Notice {
-    pub fn user(&self) -> UserId {
-        match self {
-            Notice::Changed { user, .. } | Notice::SignedOut { user } => *user,
-        }
-    }
+    /// Notices may have been missed (the fan-out link was down): every reader re-reads the
+    /// store. Local only; never published.
+    Resync,
 }
 
 pub trait Bus: std::fmt::Debug + Send + Sync {
@@ -29,6 +28,11 @@ pub trait Bus: std::fmt::Debug + Send + Sync {
     fn notify(&self, notice: Notice);
     /// Notices from now on. A slow subscriber loses old notices (and should re-read the store).
     fn subscribe(&self) -> broadcast::Receiver<Notice>;
+    /// False while notices from other instances cannot arrive: readers then check the store
+    /// every few seconds instead of waiting for a notice.
+    fn is_healthy(&self) -> bool {
+        true
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -58,5 +62,163 @@ impl Bus for LocalBus {
 
     fn subscribe(&self) -> broadcast::Receiver<Notice> {
         self.tx.subscribe()
+    }
+}
+
+/// Redis pub/sub fan-out between instances. Every notice is delivered locally at once and
+/// published on [`CHANNEL`]; notices from other instances arrive through a dedicated pub/sub
+/// connection. When Redis is unreachable the bus reports itself unhealthy (readers fall back
+/// to checking the store) and keeps reconnecting; when the subscription is back it sends a
+/// local [`Notice::Resync`], so whatever was published meanwhile is picked up from the store.
+#[derive(Debug, Clone)]
+pub struct RedisBus {
+    local: broadcast::Sender<Notice>,
+    outgoing: mpsc::Sender<Notice>,
+    healthy: Arc<AtomicBool>,
+}
+
+/// The pub/sub channel; messages are `"<instance> changed <user> <head>"` or
+/// `"<instance> signed_out <user>"`. A wire format between versions of nextsync: extend, do
+/// not change.
+pub const CHANNEL: &str = "nextsync:bus";
+
+impl RedisBus {
+    /// Starts the publisher and subscriber tasks. Never fails on an unreachable Redis: the
+    /// instance serves in degraded mode until it is reachable.
+    pub fn start(url: &str) -> anyhow::Result<Self> {
+        let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?;
+        let instance = uuid::Uuid::new_v4().simple().to_string();
+        let local = broadcast::channel(1024).0;
+        let (outgoing, queue) = mpsc::channel(4096);
+        let healthy = Arc::new(AtomicBool::new(false));
+        tokio::spawn(publish(client.clone(), queue, instance.clone()));
+        tokio::spawn(listen(client, local.clone(), healthy.clone(), instance));
+        Ok(Self {
+            local,
+            outgoing,
+            healthy,
+        })
+    }
+}
+
+impl Bus for RedisBus {
+    fn notify(&self, notice: Notice) {
+        let _ = self.local.send(notice);
+        // A full queue means Redis is slow or gone: the notice is a hint, readers recheck.
+        let _ = self.outgoing.try_send(notice);
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Notice> {
+        self.local.subscribe()
+    }
+
+    fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+}
+
+const RETRY: Duration = Duration::from_secs(1);
+
+async fn publish(client: redis::Client, mut queue: mpsc::Receiver<Notice>, instance: String) {
+    let mut connection = None;
+    while let Some(notice) = queue.recv().await {
+        let message = match notice {
+            Notice::Changed { user, head } => format!("{instance} changed {user} {head}"),
+            Notice::SignedOut { user } => format!("{instance} signed_out {user}"),
+            Notice::Resync => continue,
+        };
+        if connection.is_none() {
+            connection = client.get_connection_manager().await.ok();
+        }
+        let Some(conn) = connection.as_mut() else { continue };
+        let sent: redis::RedisResult<()> = redis::cmd("PUBLISH")
+            .arg(CHANNEL)
+            .arg(message)
+            .query_async(conn)
+            .await;
+        if let Err(e) = sent {
+            tracing::debug!(error = %e, "could not publish a bus notice");
+        }
+    }
+}
+
+async fn listen(
+    client: redis::Client,
+    local: broadcast::Sender<Notice>,
+    healthy: Arc<AtomicBool>,
+    instance: String,
+) {
+    let mut warned = false;
+    loop {
+        match subscribe(&client).await {
+            Ok(pubsub) => {
+                healthy.store(true, Ordering::Relaxed);
+                if warned {
+                    tracing::info!("Redis is back: live delivery across instances resumes");
+                    warned = false;
+                }
+                // Anything published while we were away is in the store: re-read it.
+                let _ = local.send(Notice::Resync);
+                let mut messages = pubsub.into_on_message();
+                while let Some(message) = messages.next().await {
+                    let Ok(text) = message.get_payload::<String>() else {
+                        continue;
+                    };
+                    if let Some(notice) = decode(&text, &instance) {
+                        let _ = local.send(notice);
+                    }
+                }
+                healthy.store(false, Ordering::Relaxed);
+            }
+            Err(e) if !warned => {
+                tracing::warn!(error = %e, "Redis is unreachable: serving without live fan-out between instances");
+                warned = true;
+            }
+            Err(_) => {}
+        }
+        tokio::time::sleep(RETRY).await;
+    }
+}
+
+async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio::PubSub> {
+    let mut pubsub = client.get_async_pubsub().await?;
+    pubsub.subscribe(CHANNEL).await?;
+    Ok(pubsub)
+}
+
+/// A notice from another instance; `None` for our own (already delivered) or garbage.
+fn decode(text: &str, instance: &str) -> Option<Notice> {
+    let mut parts = text.split(' ');
+    if parts.next()? == instance {
+        return None;
+    }
+    match (parts.next()?, parts.next()?.parse().ok()?, parts.next()) {
+        ("changed", user, Some(head)) => Some(Notice::Changed {
+            user,
+            head: Seq(head.parse().ok()?),
+        }),
+        ("signed_out", user, None) => Some(Notice::SignedOut { user }),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn messages_from_other_instances_decode_and_ours_are_skipped() {
+        let user = UserId::new();
+        assert_eq!(
+            decode(&format!("b changed {user} 42"), "a"),
+            Some(Notice::Changed { user, head: Seq(42) })
+        );
+        assert_eq!(
+            decode(&format!("b signed_out {user}"), "a"),
+            Some(Notice::SignedOut { user })
+        );
+        assert_eq!(decode(&format!("a changed {user} 42"), "a"), None);
+        assert_eq!(decode("b changed nobody 1", "a"), None);
+        assert_eq!(decode("garbage", "a"), None);
     }
 }

@@ -3,7 +3,7 @@
 use crate::auth::limits::Limits;
 use crate::auth::password::Passwords;
 use crate::auth::tokens::AccessTokens;
-use crate::bus::{Bus, LocalBus};
+use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::config::Config;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
@@ -29,7 +29,11 @@ impl AppState {
     pub async fn open(config: Config) -> anyhow::Result<Self> {
         secrets::ensure_data_dir(&config.data_dir)?;
         let store = open_store(&config).await?;
-        Self::new(config, store)
+        let mut state = Self::new(config, store)?;
+        if let Some(url) = &state.config.redis_url {
+            state.bus = Arc::new(RedisBus::start(url.expose())?);
+        }
+        Ok(state)
     }
 
     /// Builds the state around an already opened store.

@@ -104,16 +104,28 @@ pub fn record_view(key: &RecordKey, stored: &StoredRecord) -> RecordView {
     }
 }
 
-/// Resolves once the bus says `user`'s feed moved past `seq` (or that notices were lost, in
-/// which case the caller re-reads the store anyway).
-async fn changed_after(notices: &mut broadcast::Receiver<Notice>, user: UserId, seq: Seq) {
+/// Resolves once the bus says `user`'s feed moved past `seq`, or that notices were lost, or
+/// (every couple of seconds) while it cannot hear other instances: the caller re-reads.
+async fn changed_after(
+    bus: &dyn crate::bus::Bus,
+    notices: &mut broadcast::Receiver<Notice>,
+    user: UserId,
+    seq: Seq,
+) {
+    let mut degraded_check = tokio::time::interval(Duration::from_secs(2));
+    degraded_check.tick().await;
     loop {
-        match notices.recv().await {
-            Ok(Notice::Changed { user: u, head }) if u == user && head > seq => return,
-            Ok(_) => {}
-            Err(broadcast::error::RecvError::Lagged(_)) => return,
-            // The bus is gone (shutdown): let the deadline answer.
-            Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+        tokio::select! {
+            notice = notices.recv() => match notice {
+                Ok(Notice::Changed { user: u, head }) if u == user && head > seq => return,
+                Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => return,
+                Ok(_) => {}
+                // The bus is gone (shutdown): let the deadline answer.
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            },
+            _ = degraded_check.tick() => if !bus.is_healthy() {
+                return;
+            },
         }
     }
 }
@@ -251,7 +263,7 @@ pub async fn pull_changes(
             break page;
         };
         if !page.changes.is_empty()
-            || tokio::time::timeout_at(deadline, changed_after(notices, auth.user, from))
+            || tokio::time::timeout_at(deadline, changed_after(&*state.bus, notices, auth.user, from))
                 .await
                 .is_err()
         {

@@ -38,6 +38,8 @@ const PING_EVERY: Duration = Duration::from_secs(20);
 const DEAD_AFTER: Duration = Duration::from_secs(60);
 /// Store re-check interval, for notices that never arrived.
 const RECHECK: Duration = Duration::from_secs(30);
+/// Re-check interval while the bus cannot hear other instances (Redis down).
+const DEGRADED_RECHECK: Duration = Duration::from_secs(2);
 /// Records per `changes` frame.
 const PAGE: u32 = 500;
 
@@ -132,7 +134,8 @@ impl Connection {
         let mut notices = self.state.bus.subscribe();
         let mut cursor = self.catch_up(auth, cursor, true).await?;
         let mut ping = interval(PING_EVERY);
-        let mut recheck = interval(RECHECK);
+        let mut recheck = interval(DEGRADED_RECHECK);
+        let mut last_recheck = Instant::now();
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
@@ -142,16 +145,21 @@ impl Connection {
                         cursor = self.catch_up(auth, Some(cursor), false).await?;
                     }
                     Ok(Notice::SignedOut { user }) if user == auth.user => ensure_signed_in(&self.state, auth).await?,
-                    Ok(_) => {}
-                    Err(RecvError::Lagged(_)) => {
+                    Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
                         ensure_signed_in(&self.state, auth).await?;
                         cursor = self.catch_up(auth, Some(cursor), false).await?;
                     }
+                    Ok(_) => {}
                     Err(RecvError::Closed) => return Err(close("shutting_down", "the server is stopping")),
                 },
                 _ = recheck.tick() => {
-                    ensure_signed_in(&self.state, auth).await?;
-                    cursor = self.catch_up(auth, Some(cursor), false).await?;
+                    // Every few seconds while other instances' notices cannot arrive, else
+                    // every RECHECK in case one was lost.
+                    if !self.state.bus.is_healthy() || last_recheck.elapsed() >= RECHECK {
+                        last_recheck = Instant::now();
+                        ensure_signed_in(&self.state, auth).await?;
+                        cursor = self.catch_up(auth, Some(cursor), false).await?;
+                    }
                 }
                 _ = ping.tick() => {
                     if last_heard.elapsed() > DEAD_AFTER {
