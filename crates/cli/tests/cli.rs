@@ -399,3 +399,188 @@ async fn an_acknowledged_write_survives_sigkill(db: TestDb) {
     assert_eq!(list["app_passwords"][0]["id"], created["id"]);
     api.login("ann@example.org", PASSWORD).await;
 }
+
+/// A private Redis for one test (so it can be stopped and restarted mid-test).
+struct RedisProcess {
+    child: Option<Child>,
+    port: u16,
+}
+
+impl RedisProcess {
+    fn start(port: u16) -> Option<Self> {
+        let spawned = Command::new("redis-server")
+            .args([
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn();
+        let child = match spawned {
+            Ok(child) => child,
+            Err(e) if nextsync_testkit::is_ci() => panic!("CI=true but redis-server cannot start: {e}"),
+            Err(e) => {
+                eprintln!("SKIPPED: no redis-server ({e})");
+                return None;
+            }
+        };
+        let redis = Self {
+            child: Some(child),
+            port,
+        };
+        for _ in 0..100 {
+            if redis.answers() {
+                return Some(redis);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("redis-server on port {port} did not answer");
+    }
+
+    fn answers(&self) -> bool {
+        use std::io::{Read, Write as _};
+        let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else {
+            return false;
+        };
+        let mut reply = [0u8; 7];
+        stream.write_all(b"PING\r\n").is_ok()
+            && stream.read_exact(&mut reply).is_ok()
+            && &reply == b"+PONG\r\n"
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for RedisProcess {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn note(id: &str, n: u32) -> serde_json::Value {
+    let ms = nextsync_core::time::Timestamp::now().as_millis();
+    json!({"mutation_id": id, "collection": "notes", "id": id, "op": "upsert",
+        "fields": {"text": id}, "hlc": format!("{ms:015}-{n:05}-laptop")})
+}
+
+/// Two `nextsync serve` processes on one PostgreSQL and one Redis are one service: a write
+/// through A reaches a socket on B live, a sign-out on A closes B's socket, and a Redis restart
+/// in the middle loses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_postgres_and_redis_are_one_service() {
+    use nextsync_testkit::ws;
+    let Some(db) = TestDb::postgres().await else {
+        return;
+    };
+    let redis_port = free_port();
+    let Some(mut redis) = RedisProcess::start(redis_port) else {
+        return;
+    };
+    let secret = "multi-instance-test-secret-0123456789abcdef";
+    let dirs = [
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    ];
+    let spawn = |dir: &Path| {
+        let mut cmd = nextsync(dir);
+        cmd.arg("serve")
+            .args([
+                "--data-dir",
+                dir.to_str().expect("utf8"),
+                "--bind",
+                "127.0.0.1:0",
+                "--jwt-secret",
+                secret,
+            ])
+            .args(["--database-url", db.database_url().expect("postgres")])
+            .args(["--redis-url", &format!("redis://127.0.0.1:{redis_port}")]);
+        ServerProcess::spawn(cmd)
+    };
+    let (a, b) = (spawn(dirs[0].path()), spawn(dirs[1].path()));
+    let (api_a, api_b) = (a.api(), b.api());
+    let laptop = api_a.register("ann@example.org").await;
+    let phone = api_b.login("ann@example.org", PASSWORD).await;
+    let push = |n: u32| {
+        let (api, laptop) = (api_a.clone(), laptop.clone());
+        async move {
+            let id = format!("n{n}");
+            let (status, body) = api
+                .post(
+                    "/v1/sync/push",
+                    laptop.token(),
+                    json!({"mutations": [note(&id, n)]}),
+                )
+                .await;
+            assert_eq!(status, StatusCode::OK, "{body}");
+        }
+    };
+
+    // Live across instances. (Give B's subscription a moment to be up first.)
+    let mut socket = ws::connect(&b.base_url).await;
+    ws::hello(&mut socket, &phone, None).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    push(1).await;
+    let (ids, _) = ws::changes(&mut socket, 1, Duration::from_secs(2)).await;
+    assert_eq!(ids, ["n1"]);
+    eprintln!("cross-instance delivery: {:?}", started.elapsed());
+
+    // A sign-out through A closes the device's socket on B.
+    let tablet = api_b.login("ann@example.org", PASSWORD).await;
+    let mut tablet_socket = ws::connect(&b.base_url).await;
+    ws::hello(&mut tablet_socket, &tablet, None).await;
+    ws::changes(&mut tablet_socket, 1, Duration::from_secs(2)).await; // the backlog: n1
+    let started = std::time::Instant::now();
+    let (status, _) = api_a
+        .delete(&format!("/v1/devices/{}", tablet.device_id), laptop.token(), None)
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    let frame = ws::recv(&mut tablet_socket, Duration::from_secs(2))
+        .await
+        .expect("error frame");
+    assert_eq!(frame["code"], "token_revoked", "{frame}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // Redis goes away: pushes still work, B's socket still gets them (from the store, every
+    // couple of seconds), and once Redis is back delivery is live again; nothing is missed.
+    redis.stop();
+    push(2).await;
+    push(3).await;
+    let (ids, _) = ws::changes(&mut socket, 2, Duration::from_secs(10)).await;
+    assert_eq!(ids, ["n2", "n3"]);
+    let mut redis = RedisProcess::start(redis_port).expect("redis again");
+    tokio::time::sleep(Duration::from_secs(2)).await; // both instances reconnect within ~1 s
+    push(4).await;
+    let (ids, _) = ws::changes(&mut socket, 1, Duration::from_secs(5)).await;
+    assert_eq!(ids, ["n4"]);
+    assert!(
+        ws::recv(&mut socket, Duration::from_millis(500)).await.is_none(),
+        "no duplicates"
+    );
+    let (status, _) = api_b.get("/readyz", None).await;
+    assert_eq!(status, StatusCode::OK);
+    redis.stop();
+}

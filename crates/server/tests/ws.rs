@@ -1,75 +1,22 @@
 //! The WebSocket feed over real TCP and real WebSockets, on SQLite and PostgreSQL.
 
-use futures::{SinkExt, StreamExt};
+use nextsync_testkit::ws::{self, Socket, hello, recv, send};
 use nextsync_testkit::{Api, PASSWORD, Session, TestDb, TestServer, both_backends, start};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 use std::time::Duration;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
-
 fn ws_url(server: &TestServer) -> String {
-    format!("ws://{}/v1/sync/ws", server.addr)
+    ws::url(&server.base_url)
 }
 
 async fn connect(server: &TestServer) -> Socket {
-    tokio_tungstenite::connect_async(ws_url(server))
-        .await
-        .expect("connect")
-        .0
+    ws::connect(&server.base_url).await
 }
 
-async fn send(socket: &mut Socket, frame: Value) {
-    socket.send(Message::text(frame.to_string())).await.expect("send");
-}
-
-/// The next JSON frame (pings skipped); `None` when the socket closed or nothing came in time.
-async fn recv(socket: &mut Socket, within: Duration) -> Option<Value> {
-    let deadline = tokio::time::Instant::now() + within;
-    loop {
-        let message = tokio::time::timeout_at(deadline, socket.next())
-            .await
-            .ok()??
-            .ok()?;
-        match message {
-            Message::Text(text) => return Some(serde_json::from_str(text.as_str()).expect("JSON frame")),
-            Message::Close(_) => return None,
-            _ => {}
-        }
-    }
-}
-
-/// Says hello with `session`'s token from `cursor`; returns the welcome frame.
-async fn hello(socket: &mut Socket, session: &Session, cursor: Option<&str>) -> Value {
-    send(
-        socket,
-        json!({"type": "hello", "access_token": session.access, "cursor": cursor}),
-    )
-    .await;
-    let welcome = recv(socket, Duration::from_secs(5)).await.expect("welcome");
-    assert_eq!(welcome["type"], "welcome", "{welcome}");
-    welcome
-}
-
-/// Collects `changes` frames until `n` records came; returns their ids and the last cursor.
 async fn changes(socket: &mut Socket, n: usize) -> (Vec<String>, String) {
-    let mut ids = Vec::new();
-    let mut cursor = String::new();
-    while ids.len() < n {
-        let frame = recv(socket, Duration::from_secs(5))
-            .await
-            .unwrap_or_else(|| panic!("only {ids:?} arrived"));
-        if frame["type"] != "changes" {
-            continue;
-        }
-        for change in frame["changes"].as_array().expect("changes") {
-            ids.push(change["id"].as_str().expect("id").to_owned());
-        }
-        cursor = frame["cursor"].as_str().expect("cursor").to_owned();
-    }
-    (ids, cursor)
+    ws::changes(socket, n, Duration::from_secs(5)).await
 }
 
 fn upsert(mid: &str, id: &str, counter: u32) -> Value {

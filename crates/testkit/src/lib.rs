@@ -6,6 +6,7 @@
 //!   where it fails.
 //! - [`TestServer`]: the real server on 127.0.0.1 port 0, stopped on drop.
 //! - [`both_backends!`]: runs one async test body on SQLite and on PostgreSQL.
+//! - [`ws`]: a WebSocket client for the live feed.
 
 use nextsync_server::config::RateLimits;
 use nextsync_server::{AppState, Config};
@@ -457,4 +458,82 @@ pub fn error_code(body: &serde_json::Value) -> &str {
     body["error"]["code"]
         .as_str()
         .unwrap_or_else(|| panic!("no error shape in {body}"))
+}
+
+/// A WebSocket client for `GET /v1/sync/ws`, frames as JSON values.
+pub mod ws {
+    use super::Session;
+    use futures::{SinkExt, StreamExt};
+    use serde_json::{Value, json};
+    use std::time::Duration;
+    use tokio_tungstenite::tungstenite::Message;
+
+    pub type Socket =
+        tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+    /// `ws://<base>/v1/sync/ws` for an `http://<base>` server URL.
+    pub fn url(base_url: &str) -> String {
+        format!("{}/v1/sync/ws", base_url.replacen("http", "ws", 1))
+    }
+
+    pub async fn connect(base_url: &str) -> Socket {
+        tokio_tungstenite::connect_async(url(base_url))
+            .await
+            .expect("connect")
+            .0
+    }
+
+    pub async fn send(socket: &mut Socket, frame: Value) {
+        socket.send(Message::text(frame.to_string())).await.expect("send");
+    }
+
+    /// The next JSON frame (pings skipped); `None` when the socket closed or nothing came in time.
+    pub async fn recv(socket: &mut Socket, within: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let message = tokio::time::timeout_at(deadline, socket.next())
+                .await
+                .ok()??
+                .ok()?;
+            match message {
+                Message::Text(text) => return Some(serde_json::from_str(text.as_str()).expect("JSON frame")),
+                Message::Close(_) => return None,
+                _ => {}
+            }
+        }
+    }
+
+    /// Says hello with `session`'s token from `cursor`; returns the welcome frame.
+    pub async fn hello(socket: &mut Socket, session: &Session, cursor: Option<&str>) -> Value {
+        send(
+            socket,
+            json!({"type": "hello", "access_token": session.access, "cursor": cursor}),
+        )
+        .await;
+        let welcome = recv(socket, Duration::from_secs(5)).await.expect("welcome");
+        assert_eq!(welcome["type"], "welcome", "{welcome}");
+        welcome
+    }
+
+    /// Collects `changes` frames until `n` records came within `within`; returns their ids and
+    /// the last cursor.
+    pub async fn changes(socket: &mut Socket, n: usize, within: Duration) -> (Vec<String>, String) {
+        let deadline = tokio::time::Instant::now() + within;
+        let mut ids = Vec::new();
+        let mut cursor = String::new();
+        while ids.len() < n {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let frame = recv(socket, left)
+                .await
+                .unwrap_or_else(|| panic!("only {ids:?} arrived in {within:?}"));
+            if frame["type"] != "changes" {
+                continue;
+            }
+            for change in frame["changes"].as_array().expect("changes") {
+                ids.push(change["id"].as_str().expect("id").to_owned());
+            }
+            cursor = frame["cursor"].as_str().expect("cursor").to_owned();
+        }
+        (ids, cursor)
+    }
 }
