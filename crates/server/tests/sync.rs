@@ -564,7 +564,7 @@ async fn cursors_of_another_feed_require_a_resync(db: TestDb) {
 async fn compressed_pushes_are_accepted_and_the_bus_hears_commits(db: TestDb) {
     let (server, api) = start(&db).await;
     let s = api.register("ann@example.org").await;
-    let mut notices = server.state.bus.subscribe();
+    let mut notices = server.state.bus.subscribe(s.user_id.parse().expect("user id"));
     let body = json!({"mutations": [upsert("z1", "r1", &stamp(now_ms(), 0, "x"), json!({"text": "squeezed"}), None)]});
     let compressed = zstd::encode_all(serde_json::to_vec(&body).expect("json").as_slice(), 3).expect("zstd");
     let response = api

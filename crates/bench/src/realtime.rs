@@ -1,0 +1,302 @@
+//! `nextsync-bench realtime`: the live feed under load, against real `nextsync serve` processes
+//! (the binary next to this one: build it with `cargo build --release -p nextsync-cli`).
+//!
+//! - push → other device's socket latency on one instance (SQLite) and across two instances
+//!   (PostgreSQL + Redis);
+//! - server memory per idle WebSocket with 10,000 sockets open;
+//! - delivery latency with 10,000 sockets connected while 1,000 writes/s land.
+
+use crate::median;
+use futures::{SinkExt, StreamExt};
+use nextsync_testkit::{Api, PASSWORD, Session, TestDb};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Mutex;
+use tokio_tungstenite::tungstenite::Message;
+
+type Socket = nextsync_testkit::ws::Socket;
+
+struct Server {
+    child: Child,
+    base_url: String,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    fn spawn(args: &[String]) -> anyhow::Result<Self> {
+        let binary: PathBuf = std::env::current_exe()?.with_file_name("nextsync");
+        anyhow::ensure!(
+            binary.exists(),
+            "{} is missing: cargo build --release -p nextsync-cli",
+            binary.display()
+        );
+        let mut child = Command::new(&binary)
+            .arg("serve")
+            .args(args)
+            .env("NEXTSYNC_LOG", "warn,nextsync=info")
+            .stderr(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()?;
+        let stderr = child.stderr.take().ok_or_else(|| anyhow::anyhow!("no stderr"))?;
+        let mut lines = BufReader::new(stderr).lines();
+        let needle = "nextsync is listening on ";
+        let base_url = loop {
+            let line = lines.next().ok_or_else(|| anyhow::anyhow!("server exited"))??;
+            if let Some(pos) = line.find(needle) {
+                break line[pos + needle.len()..]
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(Self { child, base_url })
+    }
+
+    fn rss_kib(&self) -> anyhow::Result<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
+    }
+
+    fn api(&self) -> Api {
+        Api {
+            http: nextsync_testkit::client(),
+            base_url: self.base_url.clone(),
+        }
+    }
+}
+
+fn note(id: &str, n: u64, sent_us: u128) -> Value {
+    let ms = nextsync_core::time::Timestamp::now().as_millis();
+    json!({"mutation_id": id, "collection": "notes", "id": id, "op": "upsert",
+        "fields": {"sent_us": sent_us.to_string()}, "hlc": format!("{ms:015}-{:05}-bench", n % 100_000)})
+}
+
+async fn open(base_url: &str, session: &Session) -> Socket {
+    let mut socket = nextsync_testkit::ws::connect(base_url).await;
+    nextsync_testkit::ws::hello(&mut socket, session, None).await;
+    socket
+}
+
+/// Waits for the `changes` frame carrying record `id`.
+async fn wait_for(socket: &mut Socket, id: &str) -> anyhow::Result<()> {
+    loop {
+        let frame = nextsync_testkit::ws::recv(socket, Duration::from_secs(10))
+            .await
+            .ok_or_else(|| anyhow::anyhow!("no frame"))?;
+        if frame["changes"]
+            .as_array()
+            .is_some_and(|c| c.iter().any(|r| r["id"] == id))
+        {
+            return Ok(());
+        }
+    }
+}
+
+/// p50 and p99 in ms of `n` sequential push → socket deliveries.
+async fn latency(
+    writer: &Api,
+    laptop: &Session,
+    socket: &mut Socket,
+    n: u64,
+    tag: &str,
+) -> anyhow::Result<(f64, f64)> {
+    let mut samples = Vec::with_capacity(n as usize);
+    for i in 0..n {
+        let id = format!("{tag}-{i}");
+        let start = Instant::now();
+        let (status, _) = writer
+            .post(
+                "/v1/sync/push",
+                laptop.token(),
+                json!({"mutations": [note(&id, i, 0)]}),
+            )
+            .await;
+        anyhow::ensure!(status.is_success(), "push failed");
+        wait_for(socket, &id).await?;
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+    }
+    samples.sort_by(f64::total_cmp);
+    Ok((median(&samples), samples[samples.len() * 99 / 100]))
+}
+
+pub async fn bench_realtime(sockets: usize, writes_per_sec: u64, seconds: u64) -> anyhow::Result<()> {
+    println!("### Live feed\n");
+    let dir = tempfile::tempdir()?;
+    let server = Server::spawn(&[
+        "--data-dir".into(),
+        dir.path().display().to_string(),
+        "--bind".into(),
+        "127.0.0.1:0".into(),
+        "--rate-limit-ip-burst".into(),
+        "100000".into(),
+        "--rate-limit-ip-per-minute".into(),
+        "100000".into(),
+    ])?;
+    let api = server.api();
+    let laptop = api.register("live@example.org").await;
+    let phone = api.login("live@example.org", PASSWORD).await;
+    let mut socket = open(&server.base_url, &phone).await;
+    let (p50, p99) = latency(&api, &laptop, &mut socket, 1000, "one").await?;
+    println!("| what | p50 | p99 |");
+    println!("| --- | ---: | ---: |");
+    println!(
+        "| push → other device's socket, one instance (SQLite), 1,000 sequential writes | {p50:.2} ms | {p99:.2} ms |"
+    );
+
+    match TestDb::postgres().await {
+        Some(db) => {
+            let secret = "realtime-bench-secret-0123456789abcdefghij".to_owned();
+            let args = |d: &tempfile::TempDir| -> Vec<String> {
+                vec![
+                    "--data-dir".into(),
+                    d.path().display().to_string(),
+                    "--bind".into(),
+                    "127.0.0.1:0".into(),
+                    "--database-url".into(),
+                    db.database_url().unwrap_or_default().into(),
+                    "--jwt-secret".into(),
+                    secret.clone(),
+                    "--redis-url".into(),
+                    std::env::var("NEXTSYNC_TEST_REDIS_URL")
+                        .unwrap_or_else(|_| "redis://127.0.0.1:6379".into()),
+                ]
+            };
+            let (da, dbb) = (tempfile::tempdir()?, tempfile::tempdir()?);
+            let (a, b) = (Server::spawn(&args(&da))?, Server::spawn(&args(&dbb))?);
+            let laptop = a.api().register("cross@example.org").await;
+            let phone = b.api().login("cross@example.org", PASSWORD).await;
+            let mut socket = open(&b.base_url, &phone).await;
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let (p50, p99) = latency(&a.api(), &laptop, &mut socket, 1000, "cross").await?;
+            println!(
+                "| push on A → socket on B (PostgreSQL + Redis), 1,000 sequential writes | {p50:.2} ms | {p99:.2} ms |"
+            );
+        }
+        None => println!("| across two instances | skipped: no PostgreSQL | |"),
+    }
+
+    // Idle sockets: many users with ten sockets each (ten tabs or devices of one account
+    // share its feed). Accounts are made eight at a time: each costs an Argon2 hash.
+    let devices_per_user = 10;
+    let users = sockets.div_ceil(devices_per_user);
+    let before = server.rss_kib()?;
+    let mut sessions: Vec<Session> = Vec::new();
+    for chunk in (0..users).collect::<Vec<_>>().chunks(8) {
+        let made = futures::future::join_all(chunk.iter().map(|u| {
+            let api = api.clone();
+            async move { api.register(&format!("idle{u}@example.org")).await }
+        }))
+        .await;
+        sessions.extend(made);
+    }
+    let registered = server.rss_kib()?;
+    let received: Arc<Mutex<Vec<f64>>> = Arc::new(Mutex::new(Vec::new()));
+    let epoch = Instant::now();
+    let mut readers = Vec::new();
+    for session in sessions
+        .iter()
+        .flat_map(|s| std::iter::repeat_n(s, devices_per_user))
+        .take(sockets)
+    {
+        let mut socket = open(&server.base_url, session).await;
+        let received = received.clone();
+        readers.push(tokio::spawn(async move {
+            while let Some(Ok(message)) = socket.next().await {
+                if let Message::Text(text) = message {
+                    let Ok(frame) = serde_json::from_str::<Value>(text.as_str()) else {
+                        continue;
+                    };
+                    let now = epoch.elapsed().as_micros();
+                    for change in frame["changes"].as_array().into_iter().flatten() {
+                        if let Some(sent) = change["fields"]["sent_us"]
+                            .as_str()
+                            .and_then(|s| s.parse::<u128>().ok())
+                        {
+                            received
+                                .lock()
+                                .await
+                                .push((now.saturating_sub(sent)) as f64 / 1e3);
+                        }
+                    }
+                } else if let Message::Ping(p) = message {
+                    let _ = socket.send(Message::Pong(p)).await;
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let open_rss = server.rss_kib()?;
+    let per_socket = (open_rss.saturating_sub(registered)) as f64 * 1024.0 / readers.len() as f64;
+    println!(
+        "| server memory per idle WebSocket ({} open; RSS {before} → {registered} KiB after sign-ups → {open_rss} KiB) | {:.1} KB | |",
+        readers.len(),
+        per_socket / 1000.0
+    );
+
+    // Load: `writes_per_sec` single-record pushes spread over the users, each delivered to that
+    // user's sockets; latency is stamped into the record and read at every socket.
+    let writers = 16u64;
+    let per_writer = Duration::from_secs_f64(writers as f64 / writes_per_sec as f64);
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    let mut tasks = Vec::new();
+    for w in 0..writers {
+        let (api, owners) = (api.clone(), sessions.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut next = Instant::now();
+            let mut n = 0u64;
+            let mut sent = 0u64;
+            while Instant::now() < deadline {
+                let owner = &owners[((w + n * writers) as usize) % owners.len()];
+                let id = format!("load-{w}-{n}");
+                let body = json!({"mutations": [note(&id, n, epoch.elapsed().as_micros())]});
+                let (status, _) = api.post("/v1/sync/push", owner.token(), body).await;
+                if status.is_success() {
+                    sent += 1;
+                }
+                n += 1;
+                next += per_writer;
+                tokio::time::sleep_until(next.into()).await;
+            }
+            sent
+        }));
+    }
+    let mut writes = 0;
+    for task in tasks {
+        writes += task.await?;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut samples = received.lock().await.clone();
+    samples.sort_by(f64::total_cmp);
+    let expected = writes * devices_per_user as u64;
+    let (p50, p99) = if samples.is_empty() {
+        (0.0, 0.0)
+    } else {
+        (median(&samples), samples[samples.len() * 99 / 100])
+    };
+    println!(
+        "| delivery with {} sockets open and {:.0} writes/s for {seconds} s ({writes} writes, {}/{expected} deliveries) | {p50:.2} ms | {p99:.2} ms |",
+        readers.len(),
+        writes as f64 / seconds as f64,
+        samples.len()
+    );
+    for reader in readers {
+        reader.abort();
+    }
+    Ok(())
+}
