@@ -41,6 +41,9 @@ enum Bench {
         writes_per_sec: u64,
         #[arg(long, default_value_t = 10)]
         seconds: u64,
+        /// Run the single instance (and its load test) on PostgreSQL instead of SQLite.
+        #[arg(long)]
+        postgres: bool,
     },
     /// `SyncStore::apply` alone in a loop (for profiling the store path).
     Store {
@@ -83,11 +86,13 @@ fn main() -> anyhow::Result<()> {
                 sockets,
                 writes_per_sec,
                 seconds,
+                postgres,
             } => {
                 realtime::bench_realtime(
                     sockets.clamp(1, 12_000),
                     writes_per_sec.clamp(1, 5000),
                     seconds.clamp(1, 60),
+                    postgres,
                 )
                 .await
             }

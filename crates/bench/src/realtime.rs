@@ -135,10 +135,15 @@ async fn latency(
     Ok((median(&samples), samples[samples.len() * 99 / 100]))
 }
 
-pub async fn bench_realtime(sockets: usize, writes_per_sec: u64, seconds: u64) -> anyhow::Result<()> {
+pub async fn bench_realtime(
+    sockets: usize,
+    writes_per_sec: u64,
+    seconds: u64,
+    postgres: bool,
+) -> anyhow::Result<()> {
     println!("### Live feed\n");
     let dir = tempfile::tempdir()?;
-    let server = Server::spawn(&[
+    let mut args: Vec<String> = vec![
         "--data-dir".into(),
         dir.path().display().to_string(),
         "--bind".into(),
@@ -147,7 +152,17 @@ pub async fn bench_realtime(sockets: usize, writes_per_sec: u64, seconds: u64) -
         "100000".into(),
         "--rate-limit-ip-per-minute".into(),
         "100000".into(),
-    ])?;
+    ];
+    // With --postgres the single instance (and its load test) runs on PostgreSQL.
+    let main_db = if postgres { TestDb::postgres().await } else { None };
+    if let Some(db) = &main_db {
+        args.extend([
+            "--database-url".into(),
+            db.database_url().unwrap_or_default().into(),
+        ]);
+    }
+    let store_name = if main_db.is_some() { "PostgreSQL" } else { "SQLite" };
+    let server = Server::spawn(&args)?;
     let api = server.api();
     let laptop = api.register("live@example.org").await;
     let phone = api.login("live@example.org", PASSWORD).await;
@@ -156,7 +171,7 @@ pub async fn bench_realtime(sockets: usize, writes_per_sec: u64, seconds: u64) -
     println!("| what | p50 | p99 |");
     println!("| --- | ---: | ---: |");
     println!(
-        "| push → other device's socket, one instance (SQLite), 1,000 sequential writes | {p50:.2} ms | {p99:.2} ms |"
+        "| push → other device's socket, one instance ({store_name}), 1,000 sequential writes | {p50:.2} ms | {p99:.2} ms |"
     );
 
     match TestDb::postgres().await {
@@ -290,7 +305,7 @@ pub async fn bench_realtime(sockets: usize, writes_per_sec: u64, seconds: u64) -
         (median(&samples), samples[samples.len() * 99 / 100])
     };
     println!(
-        "| delivery with {} sockets open and {:.0} writes/s for {seconds} s ({writes} writes, {}/{expected} deliveries) | {p50:.2} ms | {p99:.2} ms |",
+        "| delivery ({store_name}) with {} sockets open and {:.0} writes/s for {seconds} s ({writes} writes, {}/{expected} deliveries) | {p50:.2} ms | {p99:.2} ms |",
         readers.len(),
         writes as f64 / seconds as f64,
         samples.len()
