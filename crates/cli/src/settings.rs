@@ -31,10 +31,10 @@ pub struct Settings {
         value_name = "URL",
         hide_env_values = true
     )]
-    pub database_url: Option<String>,
+    pub database_url: Option<Secret>,
     /// Redis URL for fan-out between several instances.
     #[arg(long, env = "NEXTSYNC_REDIS_URL", value_name = "URL", hide_env_values = true)]
-    pub redis_url: Option<String>,
+    pub redis_url: Option<Secret>,
     /// Whether anyone may create an account (`open`) or only the operator (`closed`).
     #[arg(long, env = "NEXTSYNC_REGISTRATION", value_name = "open|closed")]
     pub registration: Option<RegistrationArg>,
@@ -53,14 +53,14 @@ pub struct Settings {
     /// smtp://user:pass@host:587 (STARTTLS required), smtps://…:465 (TLS), or
     /// smtp://localhost:25?tls=none (plaintext, local relays only); implies --mailer smtp.
     #[arg(long, env = "NEXTSYNC_SMTP_URL", value_name = "URL", hide_env_values = true)]
-    pub smtp_url: Option<String>,
+    pub smtp_url: Option<Secret>,
     /// Sender address of outgoing mail.
     #[arg(long, env = "NEXTSYNC_SMTP_FROM", value_name = "ADDRESS")]
     pub smtp_from: Option<String>,
     /// Access-token signing key (≥ 32 characters); shared by every instance of one service.
     /// Unset: generated into the data dir on first start.
     #[arg(long, env = "NEXTSYNC_JWT_SECRET", value_name = "KEY", hide_env_values = true)]
-    pub jwt_secret: Option<String>,
+    pub jwt_secret: Option<Secret>,
     /// HS256, HS384 or HS512.
     #[arg(long, env = "NEXTSYNC_JWT_ALGORITHM", value_name = "ALG")]
     pub jwt_algorithm: Option<AlgorithmArg>,
@@ -159,12 +159,12 @@ impl Settings {
             config.bind = bind;
         }
         if let Some(url) = self.database_url {
-            validate_database_url(&url)?;
-            config.database_url = Some(Secret::new(url));
+            validate_database_url(url.expose())?;
+            config.database_url = Some(url);
         }
         if let Some(url) = self.redis_url {
-            validate_redis_url(&url)?;
-            config.redis_url = Some(Secret::new(url));
+            validate_redis_url(url.expose())?;
+            config.redis_url = Some(url);
         }
         if let Some(RegistrationArg(registration)) = self.registration {
             config.registration = registration;
@@ -183,13 +183,13 @@ impl Settings {
             (Some(MailerArg::Log), Some(_)) => bail!("--smtp-url given with --mailer log"),
             (Some(MailerArg::Smtp), None) => bail!("--mailer smtp needs --smtp-url"),
             (_, Some(url)) => MailerConfig::Smtp {
-                url: Secret::new(url),
+                url,
                 from: self
                     .smtp_from
                     .unwrap_or_else(|| "nextsync <nextsync@localhost>".to_owned()),
             },
         };
-        config.jwt_secret = self.jwt_secret.map(Secret::new);
+        config.jwt_secret = self.jwt_secret;
         if let Some(key) = &config.jwt_secret {
             anyhow::ensure!(
                 key.expose().len() >= 32,
@@ -400,6 +400,23 @@ mod tests {
     }
 
     #[test]
+    fn secrets_never_reach_debug_output() {
+        let settings: Settings = toml::from_str(
+            "database_url = \"postgres://app:db-pass@db/x\"\njwt_secret = \"jwt-secret-value-0123456789abcdef\"\n\
+             smtp_url = \"smtp://u:smtp-pass@mail\"\nredis_url = \"redis://:redis-pass@cache\"\n",
+        )
+        .expect("parse");
+        let printed = format!("{settings:?}");
+        for secret in ["db-pass", "jwt-secret-value", "smtp-pass", "redis-pass"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+        let printed = format!("{:?}", settings.resolve().expect("resolve"));
+        for secret in ["db-pass", "jwt-secret-value", "smtp-pass", "redis-pass"] {
+            assert!(!printed.contains(secret), "{secret} in {printed}");
+        }
+    }
+
+    #[test]
     fn unknown_file_keys_and_bad_combinations_are_refused() {
         assert!(toml::from_str::<Settings>("bnd = \"x\"").is_err());
         let half_tls = Settings {
@@ -408,12 +425,12 @@ mod tests {
         };
         assert!(half_tls.resolve().is_err());
         let mysql = Settings {
-            database_url: Some("mysql://x".into()),
+            database_url: Some(Secret::new("mysql://x")),
             ..Settings::default()
         };
         assert!(mysql.resolve().is_err());
         let bad_redis = Settings {
-            redis_url: Some("http://nope".into()),
+            redis_url: Some(Secret::new("http://nope")),
             ..Settings::default()
         };
         assert!(bad_redis.resolve().is_err());
