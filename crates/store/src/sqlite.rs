@@ -150,8 +150,18 @@ fn store_records_sql(rows: usize) -> String {
     sql
 }
 
-const REMEMBER_MUTATIONS: &str = "INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) \
-     SELECT $1, json_extract(value, '$[0]'), json_extract(value, '$[1]'), $3 FROM json_each($2)";
+/// `INSERT INTO applied_mutations … VALUES (?, ?, ?, ?), …` for `rows` ids (anonymous
+/// placeholders, as for records).
+fn remember_mutations_sql(rows: usize) -> String {
+    let mut sql = String::from("INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) VALUES ");
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?, ?, ?, ?)");
+    }
+    sql
+}
 
 #[async_trait]
 impl SyncTx for SqliteTx {
@@ -226,13 +236,13 @@ impl SyncTx for SqliteTx {
         if applied.is_empty() {
             return Ok(());
         }
-        let rows: Vec<Value> = applied.iter().map(|(id, seq)| json!([id, seq.0])).collect();
-        sqlx::query(REMEMBER_MUTATIONS)
-            .bind(user.as_uuid())
-            .bind(Value::from(rows).to_string())
-            .bind(now.as_millis())
-            .execute(&mut *self.0)
-            .await?;
+        for chunk in applied.chunks(INSERT_CHUNK) {
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(remember_mutations_sql(chunk.len())));
+            for (id, seq) in chunk {
+                query = query.bind(user.as_uuid()).bind(id).bind(seq.0 as i64).bind(now.as_millis());
+            }
+            query.execute(&mut *self.0).await?;
+        }
         Ok(())
     }
 
