@@ -153,7 +153,8 @@ fn store_records_sql(rows: usize) -> String {
 /// `INSERT INTO applied_mutations … VALUES (?, ?, ?, ?), …` for `rows` ids (anonymous
 /// placeholders, as for records).
 fn remember_mutations_sql(rows: usize) -> String {
-    let mut sql = String::from("INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) VALUES ");
+    let mut sql =
+        String::from("INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) VALUES ");
     for row in 0..rows {
         if row > 0 {
             sql.push(',');
@@ -239,7 +240,11 @@ impl SyncTx for SqliteTx {
         for chunk in applied.chunks(INSERT_CHUNK) {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(remember_mutations_sql(chunk.len())));
             for (id, seq) in chunk {
-                query = query.bind(user.as_uuid()).bind(id).bind(seq.0 as i64).bind(now.as_millis());
+                query = query
+                    .bind(user.as_uuid())
+                    .bind(id)
+                    .bind(seq.0 as i64)
+                    .bind(now.as_millis());
             }
             query.execute(&mut *self.0).await?;
         }
