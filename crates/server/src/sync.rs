@@ -142,17 +142,25 @@ fn conflict_view(c: &Conflict) -> ConflictView {
     }
 }
 
-fn invalid(index: Option<usize>, mutation_id: &str, e: Invalid) -> ApiError {
-    let status = if e.too_large {
-        StatusCode::PAYLOAD_TOO_LARGE
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    let message = match index {
-        Some(i) => format!("mutation {i} ({mutation_id:?}): {}", e.message),
-        None => e.message,
-    };
-    ApiError::new(status, e.code, message)
+/// A broken rule: 413 when it is a size limit, else 400.
+impl From<Invalid> for ApiError {
+    fn from(e: Invalid) -> Self {
+        let status = if e.too_large {
+            StatusCode::PAYLOAD_TOO_LARGE
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        ApiError::new(status, e.code, e.message)
+    }
+}
+
+/// The same, naming the offending mutation of a push.
+fn invalid_mutation(index: usize, mutation_id: &str, e: Invalid) -> ApiError {
+    Invalid {
+        message: format!("mutation {index} ({mutation_id:?}): {}", e.message),
+        ..e
+    }
+    .into()
 }
 
 #[utoipa::path(post, path = "/v1/sync/push", tag = "sync", security(("bearer" = [])), request_body = PushRequest,
@@ -193,7 +201,7 @@ pub async fn apply_push(
         .enumerate()
         .map(|(i, m)| {
             let id = m.mutation_id.clone();
-            Mutation::validate(m, &limits, now_ms).map_err(|e| invalid(Some(i), &id, e))
+            Mutation::validate(m, &limits, now_ms).map_err(|e| invalid_mutation(i, &id, e))
         })
         .collect::<Result<Vec<_>, _>>()?;
     let applied = apply(state, auth.user, mutations, None).await?;
@@ -368,7 +376,7 @@ pub async fn resolve_conflict(
         Some(value) => {
             let mut fields = serde_json::Map::new();
             fields.insert(conflict.field.clone(), value);
-            validate_fields(&fields, &state.config.sync_limits).map_err(|e| invalid(None, "", e))?;
+            validate_fields(&fields, &state.config.sync_limits)?;
             vec![server_mutation(conflict.key.clone(), Op::Upsert(fields), None)]
         }
     };
@@ -394,8 +402,8 @@ fn server_mutation(key: RecordKey, op: Op, precondition: Option<Precondition>) -
 }
 
 fn record_key(collection: String, id: String) -> Result<RecordKey, ApiError> {
-    validate_collection(&collection).map_err(|e| invalid(None, "", e))?;
-    validate_record_id(&id).map_err(|e| invalid(None, "", e))?;
+    validate_collection(&collection)?;
+    validate_record_id(&id)?;
     Ok(RecordKey { collection, id })
 }
 
@@ -465,7 +473,7 @@ pub async fn put_record(
     if req.fields.is_empty() {
         return Err(ApiError::bad_request("invalid_op", "fields must not be empty"));
     }
-    validate_fields(&req.fields, &state.config.sync_limits).map_err(|e| invalid(None, "", e))?;
+    validate_fields(&req.fields, &state.config.sync_limits)?;
     let mutation = server_mutation(key.clone(), Op::Upsert(req.fields), if_match(&headers)?);
     written_record(&state, auth.user, key, mutation).await
 }
