@@ -231,8 +231,7 @@ pub struct PullParams {
 #[utoipa::path(get, path = "/v1/sync/pull", tag = "sync", security(("bearer" = [])), params(PullParams),
     responses(
         (status = 200, description = "changes after the cursor, in seq order", body = PullResponse),
-        (status = 400, description = "invalid_cursor", body = ErrorBody),
-        (status = 400, description = "invalid_wait: wait is over 60 seconds", body = ErrorBody),
+        (status = 400, description = "invalid_cursor, or invalid_wait (wait over 60 seconds)", body = ErrorBody),
         (status = 409, description = "resync_required: the cursor belongs to another epoch or account", body = ErrorBody),
     ))]
 pub async fn pull_changes(

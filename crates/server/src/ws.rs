@@ -13,7 +13,7 @@
 //! page.
 
 use crate::auth::AuthUser;
-use crate::auth::extract::{authenticate, ensure_signed_in};
+use crate::auth::extract::{authenticate, bearer_token, ensure_signed_in};
 use crate::bus::Notice;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -53,13 +53,8 @@ async fn open_socket(
     upgrade: WebSocketUpgrade,
 ) -> Response {
     // A token on the upgrade request is checked before upgrading: a bad one is a plain 401.
-    let header_token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer ").or_else(|| v.strip_prefix("bearer ")))
-        .map(|t| t.trim().to_owned());
-    let pre_auth = match header_token {
-        Some(token) => match authenticate(&state, &token).await {
+    let pre_auth = match bearer_token(&headers) {
+        Some(token) => match authenticate(&state, token).await {
             Ok((auth, claims)) => Some((auth, claims.exp)),
             Err(e) => return e.into_response(),
         },

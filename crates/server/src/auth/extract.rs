@@ -5,6 +5,7 @@ use crate::auth::tokens::{Claims, TokenKind, parse_opaque};
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::extract::FromRequestParts;
+use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
 use axum::http::request::Parts;
 use base64::Engine;
@@ -29,7 +30,7 @@ impl FromRequestParts<AppState> for AuthUser {
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
-        let token = bearer(parts).ok_or_else(|| {
+        let token = bearer_token(&parts.headers).ok_or_else(|| {
             ApiError::unauthorized("missing_token", "send Authorization: Bearer <access token>")
         })?;
         authenticate(state, token).await.map(|(auth, _)| auth)
@@ -80,7 +81,7 @@ impl FromRequestParts<AppState> for AppPasswordUser {
         let header = parts.headers.get(AUTHORIZATION).ok_or_else(|| {
             bad_app_password("send an app password as Basic email:password or Bearer token")
         })?;
-        let (email, password) = if let Some(token) = bearer(parts) {
+        let (email, password) = if let Some(token) = bearer_token(&parts.headers) {
             (None, token.to_owned())
         } else {
             let encoded = header
@@ -126,8 +127,9 @@ impl FromRequestParts<AppState> for AppPasswordUser {
     }
 }
 
-fn bearer(parts: &Parts) -> Option<&str> {
-    let value = parts.headers.get(AUTHORIZATION)?.to_str().ok()?;
+/// The token of an `Authorization: Bearer …` header, if there is a non-empty one.
+pub fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let token = value
         .strip_prefix("Bearer ")
         .or_else(|| value.strip_prefix("bearer "))?;
