@@ -91,6 +91,18 @@ pub struct Settings {
     /// Largest accepted request body in bytes.
     #[arg(long, env = "NEXTSYNC_MAX_BODY_BYTES", value_name = "BYTES")]
     pub max_body_bytes: Option<usize>,
+    /// Largest NextChat upload in bytes (WebDAV PUT, Upstash state, import).
+    #[arg(long, env = "NEXTSYNC_NEXTCHAT_MAX_UPLOAD_BYTES", value_name = "BYTES")]
+    pub nextchat_max_upload_bytes: Option<usize>,
+    /// Key sealing the NextChat API keys of accounts that sync them (≥ 32 characters);
+    /// shared by every instance. Unset: generated into the data dir on first start.
+    #[arg(
+        long,
+        env = "NEXTSYNC_SECRETS_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub secrets_key: Option<Secret>,
     /// Most mutations one push may carry.
     #[arg(long, env = "NEXTSYNC_MAX_MUTATIONS_PER_PUSH", value_name = "N")]
     pub max_mutations_per_push: Option<usize>,
@@ -144,6 +156,8 @@ impl Settings {
                 rate_limit_account_window,
                 trust_proxy_headers,
                 max_body_bytes,
+                nextchat_max_upload_bytes,
+                secrets_key,
                 max_mutations_per_push,
                 max_field_bytes,
                 max_clock_skew,
@@ -236,6 +250,17 @@ impl Settings {
             anyhow::ensure!(bytes >= 1024, "--max-body-bytes must be at least 1024");
             config.max_body_bytes = bytes;
         }
+        if let Some(bytes) = self.nextchat_max_upload_bytes {
+            anyhow::ensure!(bytes >= 1024, "--nextchat-max-upload-bytes must be at least 1024");
+            config.nextchat_max_upload_bytes = bytes;
+        }
+        if let Some(key) = &self.secrets_key {
+            anyhow::ensure!(
+                key.expose().len() >= 32,
+                "--secrets-key must be at least 32 characters"
+            );
+        }
+        config.secrets_key = self.secrets_key;
         let limits = &mut config.sync_limits;
         if let Some(n) = self.max_mutations_per_push {
             anyhow::ensure!(n >= 1, "--max-mutations-per-push must be at least 1");

@@ -311,3 +311,60 @@ pub enum ServerFrame {
         message: String,
     },
 }
+
+// NextChat doors.
+
+use crate::ids::SnapshotId;
+
+/// How the NextChat doors treat an account's settings (`GET|PUT /v1/nextchat/settings`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NextChatSettings {
+    /// Sync `app-config` and the non-secret part of `access-control`. Off: downloads carry
+    /// `{}` for both, so no device's settings are overwritten.
+    pub sync_settings: bool,
+    /// Also sync API keys and other credentials, sealed at rest with the server's key.
+    /// Turning it off deletes the kept ones.
+    pub sync_secrets: bool,
+}
+
+/// A change to [`NextChatSettings`]; absent members stay as they are.
+#[derive(Debug, Clone, Copy, Default, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct NextChatSettingsUpdate {
+    #[serde(default)]
+    pub sync_settings: Option<bool>,
+    #[serde(default)]
+    pub sync_secrets: Option<bool>,
+}
+
+/// One kept upload.
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotView {
+    pub snapshot_id: SnapshotId,
+    pub created_at: Timestamp,
+    /// `webdav`, `upstash` or `import`.
+    pub source: String,
+    /// Size of the state's JSON.
+    pub bytes: i64,
+    pub sessions: i64,
+    pub messages: i64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct SnapshotList {
+    /// Newest first; at most the last 20 accepted uploads.
+    pub snapshots: Vec<SnapshotView>,
+}
+
+/// What merging a NextChat state (import, restore) did, in entities.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct MergeSummary {
+    /// Entities the account did not have.
+    pub created: u32,
+    /// Novel versions of entities it had.
+    pub edited: u32,
+    /// Versions seen before, or partial replies under finished ones: ignored.
+    pub stale: u32,
+    /// Entities deleted through nextsync: ignored.
+    pub deleted: u32,
+}

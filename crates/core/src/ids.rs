@@ -79,6 +79,10 @@ uuid_id!(
     /// A kept-aside losing value, waiting for the user to resolve it.
     ConflictId
 );
+uuid_id!(
+    /// One kept NextChat upload, restorable.
+    SnapshotId
+);
 
 /// SHA-256 of an opaque token (refresh, reset, app password). Only this is stored, so a copy
 /// of the database does not hold a usable token.

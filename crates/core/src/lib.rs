@@ -9,6 +9,7 @@
 //! - [`sync`]: applying one write to a stored record: seqs and conflicts.
 //! - [`cursor`]: the opaque feed cursor with its epoch.
 //! - [`push`]: validating a push and planning it (seqs, duplicates, preconditions).
+//! - [`nextchat`]: NextChat's synced state taken apart into records and rendered back.
 //! - [`api`]: JSON bodies of the `/v1` wire protocol (the OpenAPI document is derived from them).
 
 pub mod account;
@@ -16,6 +17,7 @@ pub mod api;
 pub mod cursor;
 pub mod hlc;
 pub mod ids;
+pub mod nextchat;
 pub mod push;
 pub mod record;
 pub mod secret;

@@ -184,7 +184,7 @@ pub struct Plan {
     /// Records to store, each with its new seq.
     pub changed: Vec<(RecordKey, StoredRecord)>,
     pub conflicts: Vec<(RecordKey, ConflictDraft)>,
-    /// Mutation ids to remember, with the seq answered for them.
+    /// Mutation ids to remember (of device writes), with the seq answered for them.
     pub applied: Vec<(String, Seq)>,
     /// The user's feed head after the push.
     pub head: Seq,
@@ -264,7 +264,10 @@ pub fn plan(
             .extend(conflicts.into_iter().map(|c| (m.key.clone(), c)));
         plan.results
             .push(result(&m.mutation_id, MutationStatus::Applied, record.seq));
-        plan.applied.push((m.mutation_id.clone(), record.seq));
+        // Server-made writes carry ids nobody can retry with: nothing to remember.
+        if m.hlc.is_some() {
+            plan.applied.push((m.mutation_id.clone(), record.seq));
+        }
         batch_ids.insert(m.mutation_id, record.seq);
     }
     let mut changed: Vec<_> = new_seq.into_iter().collect();

@@ -37,6 +37,12 @@ pub struct Config {
     /// Take the client address from `X-Forwarded-For` (only behind a reverse proxy you run).
     pub trust_proxy_headers: bool,
     pub max_body_bytes: usize,
+    /// Largest NextChat upload (WebDAV PUT, Upstash state, import), after decompression.
+    pub nextchat_max_upload_bytes: usize,
+    /// Key sealing the NextChat secrets of accounts that sync them. `None`: generated into
+    /// the data dir on first start. Several instances must share it.
+    #[serde(serialize_with = "redact::secret")]
+    pub secrets_key: Option<Secret>,
     #[serde(with = "limits")]
     pub sync_limits: SyncLimits,
 }
@@ -118,6 +124,8 @@ impl Config {
             rate_limits: RateLimits::default(),
             trust_proxy_headers: false,
             max_body_bytes: 16 * 1024 * 1024,
+            nextchat_max_upload_bytes: 64 * 1024 * 1024,
+            secrets_key: None,
             sync_limits: SyncLimits::default(),
         }
     }

@@ -7,6 +7,7 @@
 //! - [`account`]: `/v1/me`, devices, app passwords.
 //! - [`sync`]: the one write path (`sync::apply`), push, pull, conflicts, records API;
 //!   [`bus`]: "user U is at seq N" notices after every commit; [`ws`]: the WebSocket feed.
+//! - [`nextchat`]: the NextChat doors (WebDAV, Upstash), settings, snapshots, export/import.
 //! - [`ops`]: health, readiness, metrics, OpenAPI; [`metrics`]: the Prometheus recorder.
 //! - [`mail`]: the log and SMTP mailers; [`secrets`]: keys generated into the data dir.
 //! - [`error`]: [`ApiError`]; [`extract`]: JSON and client-address extractors.
@@ -19,6 +20,7 @@ pub mod error;
 pub mod extract;
 pub mod mail;
 pub mod metrics;
+pub mod nextchat;
 pub mod ops;
 pub mod router;
 pub mod secrets;

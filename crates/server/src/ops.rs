@@ -4,7 +4,7 @@
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
-use crate::{account, auth, metrics, sync};
+use crate::{account, auth, metrics, nextchat, sync};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
@@ -58,6 +58,12 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         sync::get_record,
         sync::put_record,
         sync::delete_record,
+        nextchat::get_settings,
+        nextchat::put_settings,
+        nextchat::list_snapshots,
+        nextchat::restore_snapshot,
+        nextchat::export,
+        nextchat::import,
     ),
     modifiers(&BearerJwt),
     tags(
@@ -65,6 +71,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         (name = "account", description = "The signed-in user's account, devices and app passwords"),
         (name = "sync", description = "Push, pull and conflicts: the change feed of one account"),
         (name = "records", description = "Single records with optimistic locking (ETag / If-Match)"),
+        (name = "nextchat", description = "NextChat's doors: settings, kept uploads, export and import"),
     )
 )]
 #[derive(Debug)]

@@ -2,14 +2,19 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{account, auth, metrics, ops, sync, ws};
+use crate::{account, auth, metrics, nextchat, ops, sync, ws};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
-use axum::http::header::{AUTHORIZATION, COOKIE, SET_COOKIE};
-use axum::http::{Method, StatusCode};
+use axum::extract::Request;
+use axum::http::header::{
+    AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, COOKIE, ETAG, HeaderName, IF_MATCH, RETRY_AFTER,
+    SET_COOKIE,
+};
+use axum::http::{Method, StatusCode, Uri};
 use axum::middleware;
 use std::time::Duration;
 use tower_http::compression::CompressionLayer;
+use tower_http::cors::{Any, CorsLayer};
 use tower_http::decompression::RequestDecompressionLayer;
 use tower_http::request_id::{MakeRequestUuid, PropagateRequestIdLayer, SetRequestIdLayer};
 use tower_http::sensitive_headers::SetSensitiveHeadersLayer;
@@ -21,18 +26,27 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
-    Router::new()
+    let api = Router::new()
         .merge(auth::router())
         .merge(account::router())
         .merge(sync::router())
+        .merge(nextchat::router())
         .merge(ws::router())
         .merge(ops::router())
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(CompressionLayer::new());
+    // NextChat's doors answer uncompressed: a fetch-passthrough proxy in front of `/dav`
+    // would decode a compressed body and pass the `Content-Encoding` on (NEXTCHAT.md §7.1).
+    // Their uploads stream through a parser bounded by the NextChat upload limit instead.
+    let doors = nextchat::doors().layer(DefaultBodyLimit::disable());
+    let routed = Router::new()
+        .merge(api)
+        .merge(doors)
         .route_layer(middleware::from_fn(metrics::track))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(cors())
         .layer(RequestDecompressionLayer::new())
-        .layer(CompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
@@ -41,7 +55,68 @@ pub fn app(state: AppState) -> Router {
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(SetRequestIdLayer::x_request_id(MakeRequestUuid))
         .layer(SetSensitiveHeadersLayer::new([AUTHORIZATION, COOKIE, SET_COOKIE]))
-        .with_state(state)
+        .with_state(state);
+    // A layer on a router without routes runs before the inner one routes: paths are
+    // normalised first.
+    Router::new()
+        .fallback_service(routed)
+        .layer(middleware::map_request(normalize_path))
+}
+
+/// CORS for every route (NEXTCHAT.md §7.2): any origin (clients authenticate with headers,
+/// never cookies), `Authorization` named explicitly (a `*` does not cover it), on errors
+/// too, and preflights answered here.
+fn cors() -> CorsLayer {
+    CorsLayer::new()
+        .allow_origin(Any)
+        .allow_methods([
+            Method::GET,
+            Method::HEAD,
+            Method::PUT,
+            Method::POST,
+            Method::PATCH,
+            Method::DELETE,
+            Method::OPTIONS,
+            Method::from_bytes(b"MKCOL").expect("MKCOL is a valid method"),
+        ])
+        .allow_headers([
+            AUTHORIZATION,
+            CONTENT_TYPE,
+            CONTENT_ENCODING,
+            IF_MATCH,
+            HeaderName::from_static("x-request-id"),
+        ])
+        .expose_headers([ETAG, RETRY_AFTER, HeaderName::from_static("x-request-id")])
+        .max_age(Duration::from_secs(24 * 3600))
+        .allow_private_network(true)
+}
+
+/// Collapses repeated slashes and drops a trailing one: NextChat's Upstash client asks for
+/// `//api/upstash/get/<key>/` when its proxy URL is absolute (NEXTCHAT.md §3.2).
+async fn normalize_path(mut request: Request) -> Request {
+    let path = request.uri().path();
+    if path.len() > 1 && (path.ends_with('/') || path.contains("//")) {
+        let mut normalized = String::with_capacity(path.len());
+        for segment in path.split('/').filter(|s| !s.is_empty()) {
+            normalized.push('/');
+            normalized.push_str(segment);
+        }
+        if normalized.is_empty() {
+            normalized.push('/');
+        }
+        if let Some(query) = request.uri().query() {
+            normalized.push('?');
+            normalized.push_str(query);
+        }
+        let mut parts = request.uri().clone().into_parts();
+        if let Ok(path_and_query) = normalized.parse() {
+            parts.path_and_query = Some(path_and_query);
+            if let Ok(uri) = Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    request
 }
 
 async fn not_found() -> ApiError {

@@ -13,6 +13,8 @@ use std::path::Path;
 
 /// The name of the JWT signing key file inside the data dir.
 pub const JWT_KEY_FILE: &str = "jwt-signing.key";
+/// The key sealing NextChat secrets (API keys) of accounts that sync them.
+pub const NEXTCHAT_KEY_FILE: &str = "nextchat-secrets.key";
 
 /// Creates the data dir (mode 0700) if it does not exist yet.
 pub fn ensure_data_dir(dir: &Path) -> anyhow::Result<()> {

@@ -7,6 +7,7 @@ use crate::bus::{Bus, LocalBus, RedisBus};
 use crate::config::Config;
 use crate::mail::Mailer;
 use crate::metrics::Metrics;
+use crate::nextchat::{NextChat, Sealer};
 use crate::secrets;
 use anyhow::Context;
 use nextsync_store::{Store, StoreLocation};
@@ -22,6 +23,7 @@ pub struct AppState {
     pub mailer: Arc<Mailer>,
     pub metrics: Metrics,
     pub bus: Arc<dyn Bus>,
+    pub nextchat: NextChat,
 }
 
 impl AppState {
@@ -49,6 +51,10 @@ impl AppState {
         );
         let tokens = AccessTokens::new(&jwt_key, config.jwt_algorithm, config.access_token_ttl);
         let mailer = Mailer::from_config(&config.mailer, config.outbox_dir())?;
+        let secrets_key = match &config.secrets_key {
+            Some(key) => key.clone(),
+            None => secrets::load_or_generate(&config.data_dir, secrets::NEXTCHAT_KEY_FILE, 32)?,
+        };
         Ok(Self {
             limits: Limits::new(&config.rate_limits),
             passwords: Passwords::new()?,
@@ -56,6 +62,7 @@ impl AppState {
             mailer: Arc::new(mailer),
             metrics: Metrics::install()?,
             bus: Arc::new(LocalBus::new()),
+            nextchat: NextChat::new(Sealer::new(&secrets_key)),
             store,
             config: Arc::new(config),
         })

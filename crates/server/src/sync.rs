@@ -29,6 +29,7 @@ use nextsync_core::push::{
 };
 use nextsync_core::sync::{Op, StoredRecord};
 use nextsync_core::time::Timestamp;
+use nextsync_store::nextchat::UploadExtras;
 use nextsync_store::sync::{Applied, ApplyError, Conflict};
 use serde::Deserialize;
 use serde_json::Value;
@@ -74,7 +75,29 @@ pub async fn apply(
     Ok(applied)
 }
 
-fn apply_error(err: ApplyError) -> ApiError {
+/// [`apply`] for a NextChat upload: the same write path plus the upload's bookkeeping in the
+/// same transaction. Preconditions that failed come back as they are, for the caller to
+/// re-plan.
+pub async fn apply_upload(
+    state: &AppState,
+    user: UserId,
+    mutations: Vec<Mutation>,
+    extras: UploadExtras,
+) -> Result<Applied, ApplyError> {
+    let applied = state
+        .store
+        .apply_upload(user, mutations, Timestamp::now(), extras)
+        .await?;
+    if !applied.changed.is_empty() {
+        state.bus.notify(Notice::Changed {
+            user,
+            head: applied.head,
+        });
+    }
+    Ok(applied)
+}
+
+pub(crate) fn apply_error(err: ApplyError) -> ApiError {
     match err {
         ApplyError::Store(e) => e.into(),
         ApplyError::PreconditionFailed { key, current } => {

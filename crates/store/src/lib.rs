@@ -3,6 +3,8 @@
 //!
 //! - [`accounts`]: users, devices, refresh-token families, password resets, app passwords.
 //! - [`sync`]: records, the per-user change feed, mutation ids, conflicts; the one write path.
+//! - [`nextchat`]: what the NextChat doors keep besides records (settings, versions,
+//!   secrets, snapshots, staged Upstash chunks).
 //! - [`sqlite`], [`postgres`]: connection set-up and migrations of each backend.
 //! - [`error`]: [`StoreError`], which tells "conflict" from "database down" from a bug.
 //!
@@ -12,12 +14,14 @@
 
 pub mod accounts;
 pub mod error;
+pub mod nextchat;
 pub mod postgres;
 pub mod sqlite;
 pub mod sync;
 
 pub use accounts::AccountStore;
 pub use error::StoreError;
+pub use nextchat::NextChatStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 pub use sync::SyncStore;
@@ -28,7 +32,7 @@ use std::sync::Arc;
 
 /// Everything the server needs from persistence.
 #[async_trait]
-pub trait Store: AccountStore + SyncStore + std::fmt::Debug + Send + Sync + 'static {
+pub trait Store: AccountStore + SyncStore + NextChatStore + std::fmt::Debug + Send + Sync + 'static {
     /// Cheap round trip that proves the database answers (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

@@ -34,6 +34,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/postgres/0001_accounts.sql"),
         ),
         migration(2, "sync", include_str!("../migrations/postgres/0002_sync.sql")),
+        migration(
+            3,
+            "nextchat",
+            include_str!("../migrations/postgres/0003_nextchat.sql"),
+        ),
     ])
 }
 
@@ -95,6 +100,37 @@ mod shared_sync {
         super::PgStore,
         sqlx::postgres::PgRow
     );
+}
+
+mod nextchat {
+    crate::nextchat::impl_nextchat_store!(super::PgStore, sqlx::postgres::PgRow);
+}
+
+const INSERT_VERSIONS: &str = "INSERT INTO nextchat_versions (user_id, collection, record_id, hash) \
+     SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[]) ON CONFLICT DO NOTHING";
+
+#[async_trait]
+impl crate::nextchat::VersionsTx for PgTx {
+    async fn insert_versions(
+        &mut self,
+        user: UserId,
+        versions: &[(RecordKey, String)],
+    ) -> Result<(), StoreError> {
+        if versions.is_empty() {
+            return Ok(());
+        }
+        let collections: Vec<&str> = versions.iter().map(|(k, _)| k.collection.as_str()).collect();
+        let ids: Vec<&str> = versions.iter().map(|(k, _)| k.id.as_str()).collect();
+        let hashes: Vec<&str> = versions.iter().map(|(_, h)| h.as_str()).collect();
+        sqlx::query(INSERT_VERSIONS)
+            .bind(user.as_uuid())
+            .bind(collections)
+            .bind(ids)
+            .bind(hashes)
+            .execute(&mut *self.0)
+            .await?;
+        Ok(())
+    }
 }
 
 /// A write transaction; batches cross into PostgreSQL as arrays expanded with `UNNEST`.

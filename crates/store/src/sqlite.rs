@@ -39,6 +39,11 @@ fn migrator() -> Migrator {
             include_str!("../migrations/sqlite/0001_accounts.sql"),
         ),
         migration(2, "sync", include_str!("../migrations/sqlite/0002_sync.sql")),
+        migration(
+            3,
+            "nextchat",
+            include_str!("../migrations/sqlite/0003_nextchat.sql"),
+        ),
     ])
 }
 
@@ -115,6 +120,41 @@ mod shared_sync {
         super::SqliteStore,
         sqlx::sqlite::SqliteRow
     );
+}
+
+mod nextchat {
+    crate::nextchat::impl_nextchat_store!(super::SqliteStore, sqlx::sqlite::SqliteRow);
+}
+
+#[async_trait]
+impl crate::nextchat::VersionsTx for SqliteTx {
+    async fn insert_versions(
+        &mut self,
+        user: UserId,
+        versions: &[(RecordKey, String)],
+    ) -> Result<(), StoreError> {
+        for chunk in versions.chunks(INSERT_CHUNK) {
+            let mut sql =
+                String::from("INSERT INTO nextchat_versions (user_id, collection, record_id, hash) VALUES ");
+            for row in 0..chunk.len() {
+                if row > 0 {
+                    sql.push(',');
+                }
+                sql.push_str("(?, ?, ?, ?)");
+            }
+            sql.push_str(" ON CONFLICT DO NOTHING");
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
+            for (key, hash) in chunk {
+                query = query
+                    .bind(user.as_uuid())
+                    .bind(&key.collection)
+                    .bind(&key.id)
+                    .bind(hash);
+            }
+            query.execute(&mut *self.0).await?;
+        }
+        Ok(())
+    }
 }
 
 /// A write transaction; batches cross into SQLite as one JSON array walked with `json_each`.

@@ -1,0 +1,980 @@
+//! NextChat's synced state (`backup.json`, NEXTCHAT.md §4) taken apart into records and put
+//! back together. Pure: the server's doors parse, call [`plan_upload`] with what the store
+//! holds, write the plan through the one write path, and [`render`] downloads.
+//!
+//! The mapping is a contract other clients and the web page rely on:
+//!
+//! | collection | record id | fields |
+//! |---|---|---|
+//! | `sessions` | the session id | every session field but `messages` |
+//! | `messages` | the message id | every message field, plus `session_id` and `position` |
+//! | `masks` | the key in `mask-store.masks` | the mask |
+//! | `prompts` | the key in `prompt-store.prompts` | the prompt |
+//! | `config` | `app-config` / `access-control` | the store's top-level keys, secrets removed |
+//!
+//! Unknown fields are kept verbatim. What an upload may change (NEXTCHAT.md §7.4):
+//! - every accepted version of an entity is remembered by hash; an upload of a version seen
+//!   before (a stale copy another device keeps re-uploading) changes nothing, a novel one is
+//!   an edit and wins by arrival;
+//! - a `streaming: true` copy of a message never replaces a finished one;
+//! - a record deleted through nextsync stays deleted, and so do the messages of a deleted
+//!   session;
+//! - config is written only when the account syncs settings, field by field (each field's
+//!   versions remembered like an entity's), and never with secrets in it: see
+//!   [`take_secrets`].
+
+use crate::api::MergeSummary;
+use crate::ids::Seq;
+use crate::push::{RecordKey, validate_record_id};
+use crate::sync::StoredRecord;
+use serde_json::{Map, Value, json};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use thiserror::Error;
+
+pub const SESSIONS: &str = "sessions";
+pub const MESSAGES: &str = "messages";
+pub const MASKS: &str = "masks";
+pub const PROMPTS: &str = "prompts";
+pub const CONFIG: &str = "config";
+/// Every collection the mapping writes.
+pub const COLLECTIONS: [&str; 5] = [SESSIONS, MESSAGES, MASKS, PROMPTS, CONFIG];
+
+pub const CHAT_STORE: &str = "chat-next-web-store";
+pub const ACCESS_CONTROL: &str = "access-control";
+pub const APP_CONFIG: &str = "app-config";
+pub const MASK_STORE: &str = "mask-store";
+pub const PROMPT_STORE: &str = "prompt-store";
+
+/// A message's session, on its record.
+pub const SESSION_ID: &str = "session_id";
+/// A message's index in its session's `messages` as last uploaded; orders the download.
+pub const POSITION: &str = "position";
+
+/// Keys a JavaScript deep merge turns into prototype pollution (NEXTCHAT.md §5.1).
+const POISONED_KEYS: [&str; 3] = ["__proto__", "constructor", "prototype"];
+
+/// Name endings (lower-cased) of the fields that hold credentials: `accessCode`, every
+/// provider's `…ApiKey`, `baiduSecretKey`, `tencentSecretId`, `iflytekApiSecret`,
+/// `realtimeConfig.apiKey`, …  Deliberately endings, not substrings: `max_tokens`,
+/// `submitKey` and `tokenCount` are not secrets.
+const SECRET_ENDINGS: [&str; 7] = [
+    "apikey",
+    "apisecret",
+    "secretkey",
+    "secretid",
+    "accesscode",
+    "password",
+    "token",
+];
+
+/// Drops [`POISONED_KEYS`] from every object in `value`.
+pub fn sanitize(value: &mut Value) {
+    match value {
+        Value::Object(map) => {
+            map.retain(|key, _| !POISONED_KEYS.contains(&key.as_str()));
+            map.values_mut().for_each(sanitize);
+        }
+        Value::Array(items) => items.iter_mut().for_each(sanitize),
+        _ => {}
+    }
+}
+
+pub fn is_secret_name(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    SECRET_ENDINGS.iter().any(|ending| lower.ends_with(ending))
+}
+
+/// A secret's place in the state: the store key, then the object keys down to it. Stored
+/// as its JSON text (`["access-control","openaiApiKey"]`), which never needs escaping rules
+/// of its own.
+pub type SecretPath = Vec<String>;
+
+/// Removes every secret-named field from the `access-control` and `app-config` stores of a
+/// whole state (at any depth), returning the non-empty ones. Empty values are dropped and
+/// never returned: served back, an empty key would wipe a device's real one (§5.1).
+pub fn take_secrets(state: &mut Value) -> Vec<(SecretPath, Value)> {
+    let mut found = Vec::new();
+    for store in [ACCESS_CONTROL, APP_CONFIG] {
+        if let Some(Value::Object(map)) = state.get_mut(store) {
+            let mut path = vec![store.to_owned()];
+            take_from(map, &mut path, &mut found);
+        }
+    }
+    found
+}
+
+fn take_from(map: &mut Map<String, Value>, path: &mut SecretPath, found: &mut Vec<(SecretPath, Value)>) {
+    let names: Vec<String> = map.keys().filter(|k| is_secret_name(k)).cloned().collect();
+    for name in names {
+        if let Some(value) = map.remove(&name)
+            && !is_empty_secret(&value)
+        {
+            let mut at = path.clone();
+            at.push(name);
+            found.push((at, value));
+        }
+    }
+    for (name, value) in map.iter_mut() {
+        if let Value::Object(inner) = value {
+            path.push(name.clone());
+            take_from(inner, path, found);
+            path.pop();
+        }
+    }
+}
+
+fn is_empty_secret(value: &Value) -> bool {
+    match value {
+        Value::Null => true,
+        Value::String(s) => s.is_empty(),
+        _ => false,
+    }
+}
+
+/// Puts a secret back at `path` in a rendered state, creating the objects on the way.
+pub fn put_secret(state: &mut Map<String, Value>, path: &[String], value: Value) {
+    let Some((last, parents)) = path.split_last() else {
+        return;
+    };
+    let mut at = state;
+    for name in parents {
+        let slot = at
+            .entry(name.clone())
+            .or_insert_with(|| Value::Object(Map::new()));
+        if !slot.is_object() {
+            *slot = Value::Object(Map::new());
+        }
+        let Value::Object(inner) = slot else { return };
+        at = inner;
+    }
+    at.insert(last.clone(), value);
+}
+
+/// The hash that identifies one version of an entity: 128 bits of SHA-256 over its JSON
+/// (object keys sorted, so the order a client wrote them in does not matter), as hex.
+pub fn version_hash(value: &Value) -> String {
+    let bytes = serde_json::to_vec(value).unwrap_or_default();
+    hex16(&Sha256::digest(&bytes))
+}
+
+fn object_hash(map: &Map<String, Value>) -> String {
+    let mut hasher = Sha256::new();
+    // `Map` serializes like the `Value::Object` holding it; no clone needed.
+    let _ = serde_json::to_writer(HashWriter(&mut hasher), map);
+    hex16(&hasher.finalize())
+}
+
+fn field_hash(name: &str, value: &Value) -> String {
+    version_hash(&json!([name, value]))
+}
+
+fn hex16(digest: &[u8]) -> String {
+    digest.iter().take(16).map(|b| format!("{b:02x}")).collect()
+}
+
+struct HashWriter<'a>(&'a mut Sha256);
+
+impl std::io::Write for HashWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum BackupError {
+    #[error("a NextChat state is a JSON object")]
+    NotAnObject,
+    #[error("the state has no {0:?} store; a NextChat state always carries all five")]
+    MissingStore(&'static str),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// A JSON object: an entity's fields.
+pub type Object = Map<String, Value>;
+
+/// A parsed, sanitized upload.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Backup {
+    pub sessions: Vec<SessionIn>,
+    pub masks: Vec<(String, Object)>,
+    pub prompts: Vec<(String, Object)>,
+    pub app_config: Map<String, Value>,
+    pub access_control: Map<String, Value>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SessionIn {
+    pub id: String,
+    /// Every field but `messages`.
+    pub fields: Map<String, Value>,
+    pub messages: Vec<Map<String, Value>>,
+}
+
+impl Backup {
+    /// Takes a whole state apart. Sanitizes first; secrets are the caller's to take out
+    /// ([`take_secrets`]) before, so they never reach a record.
+    pub fn from_value(mut state: Value) -> Result<Self, BackupError> {
+        sanitize(&mut state);
+        let Value::Object(mut stores) = state else {
+            return Err(BackupError::NotAnObject);
+        };
+        let mut store = |name: &'static str| match stores.remove(name) {
+            Some(Value::Object(map)) => Ok(map),
+            Some(_) => Err(BackupError::Invalid(format!("{name:?} must be an object"))),
+            None => Err(BackupError::MissingStore(name)),
+        };
+        let mut chat = store(CHAT_STORE)?;
+        let access_control = store(ACCESS_CONTROL)?;
+        let app_config = store(APP_CONFIG)?;
+        let mut mask_store = store(MASK_STORE)?;
+        let mut prompt_store = store(PROMPT_STORE)?;
+
+        let sessions = match chat.remove("sessions") {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(items)) => items
+                .into_iter()
+                .enumerate()
+                .map(|(i, item)| session_in(i, item))
+                .collect::<Result<_, _>>()?,
+            Some(_) => return Err(invalid("chat-next-web-store.sessions must be an array")),
+        };
+        Ok(Self {
+            sessions,
+            masks: keyed(mask_store.remove("masks"), "mask-store.masks")?,
+            prompts: keyed(prompt_store.remove("prompts"), "prompt-store.prompts")?,
+            app_config,
+            access_control,
+        })
+    }
+
+    pub fn message_count(&self) -> usize {
+        self.sessions.iter().map(|s| s.messages.len()).sum()
+    }
+}
+
+fn invalid(message: impl Into<String>) -> BackupError {
+    BackupError::Invalid(message.into())
+}
+
+/// An id as NextChat writes it: a string (nanoid), or a number in old or built-in data.
+fn entity_id(value: Option<&Value>) -> Option<String> {
+    let id = match value? {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        _ => return None,
+    };
+    validate_record_id(&id).is_ok().then_some(id)
+}
+
+fn session_in(index: usize, item: Value) -> Result<SessionIn, BackupError> {
+    let Value::Object(mut fields) = item else {
+        return Err(invalid(format!("session #{index} is not an object")));
+    };
+    let id = entity_id(fields.get("id"))
+        .ok_or_else(|| invalid(format!("session #{index} has no usable id (1 to 128 characters)")))?;
+    let messages = match fields.remove("messages") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| match m {
+                Value::Object(m) if entity_id(m.get("id")).is_some() => Ok(m),
+                _ => Err(invalid(format!(
+                    "message #{i} of session {id:?} is not an object with a usable id"
+                ))),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(invalid(format!("messages of session {id:?} must be an array"))),
+    };
+    Ok(SessionIn { id, fields, messages })
+}
+
+fn keyed(value: Option<Value>, what: &str) -> Result<Vec<(String, Object)>, BackupError> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Object(map)) => map
+            .into_iter()
+            .map(|(key, item)| match item {
+                Value::Object(item) if validate_record_id(&key).is_ok() => Ok((key, item)),
+                _ => Err(invalid(format!(
+                    "{what}[{key:?}] must be an object under a key of 1 to 128 characters"
+                ))),
+            })
+            .collect(),
+        Some(_) => Err(invalid(format!("{what} must be an object"))),
+    }
+}
+
+/// One record write an upload needs: set `fields` on `key`, provided the record is still at
+/// `expect` (its seq when read; `None`: it did not exist).
+#[derive(Debug, Clone, PartialEq)]
+pub struct EntityWrite {
+    pub key: RecordKey,
+    pub fields: Map<String, Value>,
+    pub expect: Option<Seq>,
+}
+
+/// What an upload changes, decided against the records and versions it was read with.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UploadPlan {
+    pub writes: Vec<EntityWrite>,
+    /// Versions to remember (record, hash), accepted ones only.
+    pub versions: Vec<(RecordKey, String)>,
+    pub stats: MergeSummary,
+}
+
+/// The records an upload is planned against.
+#[derive(Debug, Default)]
+pub struct Current {
+    pub records: HashMap<RecordKey, StoredRecord>,
+    /// Every remembered version hash per record.
+    pub versions: HashMap<RecordKey, HashSet<String>>,
+}
+
+impl Current {
+    fn visible(&self, key: &RecordKey) -> Option<(Map<String, Value>, Seq)> {
+        self.records.get(key).map(|r| (r.visible().0, r.seq))
+    }
+
+    fn is_deleted(&self, key: &RecordKey) -> bool {
+        self.records.get(key).is_some_and(|r| r.record.is_deleted())
+    }
+
+    fn seen(&self, key: &RecordKey, hash: &str) -> bool {
+        self.versions.get(key).is_some_and(|v| v.contains(hash))
+    }
+}
+
+fn key(collection: &str, id: &str) -> RecordKey {
+    RecordKey {
+        collection: collection.to_owned(),
+        id: id.to_owned(),
+    }
+}
+
+fn is_streaming(fields: &Map<String, Value>) -> bool {
+    fields.get("streaming") == Some(&Value::Bool(true))
+}
+
+/// How an upload is merged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct UploadOptions {
+    /// Write `config` (the account syncs settings).
+    pub sync_settings: bool,
+    /// Bring back entities deleted through nextsync (restoring a kept upload); a device's
+    /// upload never does.
+    pub revive_deleted: bool,
+}
+
+/// Decides an upload: see the module doc for the rules.
+pub fn plan_upload(backup: &Backup, current: &Current, options: UploadOptions) -> UploadPlan {
+    let mut planner = Planner {
+        current,
+        revive: options.revive_deleted,
+        plan: UploadPlan::default(),
+        planned: HashSet::new(),
+    };
+    // Message ids are nanoids, unique in practice; one reused in a second session gets a
+    // record of its own rather than moving (its `id` field keeps the original).
+    let mut message_owner: HashMap<String, &str> = HashMap::new();
+    for session in &backup.sessions {
+        let session_key = key(SESSIONS, &session.id);
+        if current.is_deleted(&session_key) && !options.revive_deleted {
+            planner.plan.stats.deleted += 1 + session.messages.len() as u32;
+            continue;
+        }
+        planner.entity(session_key, &session.fields, None);
+        for (position, message) in session.messages.iter().enumerate() {
+            let Some(message_id) = entity_id(message.get("id")) else {
+                continue;
+            };
+            let owner = *message_owner
+                .entry(message_id.clone())
+                .or_insert(session.id.as_str());
+            let record_id = if owner == session.id {
+                message_id
+            } else {
+                format!("{}:{message_id}", session.id)
+            };
+            if validate_record_id(&record_id).is_err() {
+                continue;
+            }
+            let mut placement = Map::new();
+            placement.insert(SESSION_ID.to_owned(), Value::String(session.id.clone()));
+            placement.insert(POSITION.to_owned(), Value::from(position as u64));
+            planner.entity(key(MESSAGES, &record_id), message, Some(placement));
+        }
+    }
+    for (id, mask) in &backup.masks {
+        planner.entity(key(MASKS, id), mask, None);
+    }
+    for (id, prompt) in &backup.prompts {
+        planner.entity(key(PROMPTS, id), prompt, None);
+    }
+    if options.sync_settings {
+        planner.config(APP_CONFIG, &backup.app_config);
+        planner.config(ACCESS_CONTROL, &backup.access_control);
+    }
+    planner.plan
+}
+
+struct Planner<'a> {
+    current: &'a Current,
+    revive: bool,
+    plan: UploadPlan,
+    /// Keys written once already: the first copy in an upload wins.
+    planned: HashSet<RecordKey>,
+}
+
+impl Planner<'_> {
+    fn entity(&mut self, key: RecordKey, value: &Map<String, Value>, placement: Option<Map<String, Value>>) {
+        let deleted = self.current.is_deleted(&key);
+        if deleted && !self.revive {
+            self.plan.stats.deleted += 1;
+            return;
+        }
+        if !self.planned.insert(key.clone()) {
+            return;
+        }
+        let hash = object_hash(value);
+        // A deleted record shows nothing: reviving writes every field, unconditionally (a
+        // precondition on a seq needs a live record; a revival racing a write is a merge).
+        let (visible, seq) = if deleted {
+            (Map::new(), None)
+        } else {
+            let (visible, seq) = self.current.visible(&key).unzip();
+            (visible.unwrap_or_default(), seq)
+        };
+        let partial_over_finished = seq.is_some() && is_streaming(value) && !is_streaming(&visible);
+        let mut fields = Map::new();
+        if (self.current.seen(&key, &hash) && !deleted) || partial_over_finished {
+            self.plan.stats.stale += 1;
+        } else {
+            if seq.is_some() {
+                self.plan.stats.edited += 1;
+            } else {
+                self.plan.stats.created += 1;
+            }
+            for (name, v) in value {
+                if visible.get(name) != Some(v) {
+                    fields.insert(name.clone(), v.clone());
+                }
+            }
+            self.plan.versions.push((key.clone(), hash));
+        }
+        for (name, v) in placement.into_iter().flatten() {
+            if visible.get(&name) != Some(&v) {
+                fields.insert(name, v);
+            }
+        }
+        if !fields.is_empty() {
+            self.plan.writes.push(EntityWrite {
+                key,
+                fields,
+                expect: seq,
+            });
+        }
+    }
+
+    /// Config is merged field by field: each field's versions are remembered like an
+    /// entity's, so a device re-uploading an old value does not undo a newer one.
+    fn config(&mut self, id: &str, store: &Map<String, Value>) {
+        let key = key(CONFIG, id);
+        let deleted = self.current.is_deleted(&key);
+        if store.is_empty() || (deleted && !self.revive) {
+            return;
+        }
+        let (visible, seq) = if deleted {
+            (Map::new(), None)
+        } else {
+            let (visible, seq) = self.current.visible(&key).unzip();
+            (visible.unwrap_or_default(), seq)
+        };
+        let mut fields = Map::new();
+        for (name, value) in store {
+            let hash = field_hash(name, value);
+            if self.current.seen(&key, &hash) && !deleted {
+                continue;
+            }
+            if visible.get(name) != Some(value) {
+                fields.insert(name.clone(), value.clone());
+            }
+            self.plan.versions.push((key.clone(), hash));
+        }
+        if !fields.is_empty() {
+            if seq.is_some() {
+                self.plan.stats.edited += 1;
+            } else {
+                self.plan.stats.created += 1;
+            }
+            self.plan.writes.push(EntityWrite {
+                key,
+                fields,
+                expect: seq,
+            });
+        }
+    }
+}
+
+/// What a download shows besides the records.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RenderOptions {
+    /// Render `app-config` and `access-control` from the `config` records (else `{}`).
+    pub sync_settings: bool,
+}
+
+/// A rendered state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rendered {
+    /// Always holds all five stores.
+    pub state: Value,
+    /// Nothing at all to show: a WebDAV GET answers 404 then, an Upstash count `null`.
+    pub is_empty: bool,
+}
+
+/// Renders the whole state from records of the five collections (any order; deleted ones
+/// are skipped), with `secrets` put back where they were taken from.
+pub fn render<'a>(
+    records: impl IntoIterator<Item = &'a (RecordKey, StoredRecord)>,
+    options: RenderOptions,
+    secrets: Vec<(SecretPath, Value)>,
+) -> Rendered {
+    let mut sessions: Vec<(Map<String, Value>, String)> = Vec::new();
+    // Per session: (position, seq, fields).
+    let mut messages: HashMap<String, Vec<(f64, Seq, Object)>> = HashMap::new();
+    let mut masks = Map::new();
+    let mut prompts = Map::new();
+    let mut app_config = Map::new();
+    let mut access_control = Map::new();
+    for (key, stored) in records {
+        if stored.record.is_deleted() {
+            continue;
+        }
+        let (mut fields, _) = stored.visible();
+        match key.collection.as_str() {
+            SESSIONS => sessions.push((fields, key.id.clone())),
+            MESSAGES => {
+                let Some(Value::String(session)) = fields.remove(SESSION_ID) else {
+                    continue;
+                };
+                let position = fields
+                    .remove(POSITION)
+                    .and_then(|p| p.as_f64())
+                    .unwrap_or(f64::MAX);
+                messages
+                    .entry(session)
+                    .or_default()
+                    .push((position, stored.seq, fields));
+            }
+            MASKS => {
+                masks.insert(key.id.clone(), Value::Object(fields));
+            }
+            PROMPTS => {
+                prompts.insert(key.id.clone(), Value::Object(fields));
+            }
+            CONFIG if options.sync_settings && key.id == APP_CONFIG => app_config = fields,
+            CONFIG if options.sync_settings && key.id == ACCESS_CONTROL => access_control = fields,
+            _ => {}
+        }
+    }
+    let is_empty = sessions.is_empty()
+        && masks.is_empty()
+        && prompts.is_empty()
+        && app_config.is_empty()
+        && access_control.is_empty()
+        && secrets.is_empty();
+    // Newest first, as NextChat sorts them after every merge.
+    let last_update = |s: &Map<String, Value>| s.get("lastUpdate").and_then(Value::as_f64).unwrap_or(0.0);
+    sessions.sort_by(|(a, a_id), (b, b_id)| {
+        last_update(b)
+            .total_cmp(&last_update(a))
+            .then_with(|| a_id.cmp(b_id))
+    });
+    let sessions: Vec<Value> = sessions
+        .into_iter()
+        .map(|(mut fields, id)| {
+            let mut list = messages.remove(&id).unwrap_or_default();
+            list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            let list = list.into_iter().map(|(_, _, m)| Value::Object(m)).collect();
+            fields.insert("messages".to_owned(), Value::Array(list));
+            Value::Object(fields)
+        })
+        .collect();
+    let mut state = Map::new();
+    state.insert(
+        CHAT_STORE.to_owned(),
+        json!({
+            "sessions": sessions,
+            "currentSessionIndex": 0,
+            "lastInput": "",
+            "lastUpdateTime": 0,
+            "_hasHydrated": true,
+        }),
+    );
+    state.insert(ACCESS_CONTROL.to_owned(), Value::Object(access_control));
+    state.insert(APP_CONFIG.to_owned(), Value::Object(app_config));
+    state.insert(
+        MASK_STORE.to_owned(),
+        json!({"masks": masks, "lastUpdateTime": 0, "_hasHydrated": true}),
+    );
+    state.insert(
+        PROMPT_STORE.to_owned(),
+        json!({"counter": 0, "prompts": prompts, "lastUpdateTime": 0, "_hasHydrated": true}),
+    );
+    for (path, value) in secrets {
+        put_secret(&mut state, &path, value);
+    }
+    Rendered {
+        state: Value::Object(state),
+        is_empty,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hlc::Hlc;
+    use crate::sync::{Op, Write};
+
+    fn message(id: &str, content: &str) -> Value {
+        json!({"id": id, "role": "user", "content": content, "date": "5/13/2024, 3:04:05 PM"})
+    }
+
+    fn state(sessions: Value) -> Value {
+        json!({
+            "chat-next-web-store": {"sessions": sessions, "currentSessionIndex": 0, "lastInput": "",
+                                    "lastUpdateTime": 0, "_hasHydrated": true},
+            "access-control": {"openaiApiKey": "", "accessCode": "", "provider": "OpenAI"},
+            "app-config": {"theme": "dark", "submitKey": "Enter", "modelConfig": {"max_tokens": 4000}},
+            "mask-store": {"masks": {"m1": {"id": "m1", "name": "Mask"}}},
+            "prompt-store": {"prompts": {"p1": {"id": "p1", "title": "T", "content": "C"}}},
+        })
+    }
+
+    fn session(id: &str, last_update: u64, messages: Value) -> Value {
+        json!({"id": id, "topic": "Topic", "lastUpdate": last_update, "messages": messages,
+               "mask": {"id": 100000, "name": "Default"}})
+    }
+
+    /// Applies a plan the way the store does: server-stamped writes and remembered versions.
+    fn apply(current: &mut Current, plan: &UploadPlan, now: &mut u64) {
+        for write in &plan.writes {
+            let record = current.records.entry(write.key.clone()).or_default();
+            assert_eq!(
+                write.expect,
+                (record.seq > Seq(0) && !record.record.is_deleted()).then_some(record.seq),
+                "a write expects the seq it was planned against"
+            );
+            *now += 1;
+            let hlc = Hlc::new(*now, 0, "server").expect("stamp");
+            record.apply(
+                Write {
+                    op: Op::Upsert(write.fields.clone()),
+                    hlc: &hlc,
+                    base_seq: None,
+                },
+                Seq(*now),
+                &mut Vec::new(),
+            );
+        }
+        for (key, hash) in &plan.versions {
+            current
+                .versions
+                .entry(key.clone())
+                .or_default()
+                .insert(hash.clone());
+        }
+    }
+
+    fn upload(current: &mut Current, value: Value, now: &mut u64) -> UploadPlan {
+        let backup = Backup::from_value(value).expect("a valid state");
+        let plan = plan_upload(&backup, current, UploadOptions::default());
+        apply(current, &plan, now);
+        plan
+    }
+
+    fn rendered(current: &Current, options: RenderOptions) -> Rendered {
+        let records: Vec<_> = current.records.clone().into_iter().collect();
+        render(&records, options, Vec::new())
+    }
+
+    fn contents(current: &Current) -> Vec<String> {
+        let state = rendered(current, RenderOptions::default()).state;
+        state[CHAT_STORE]["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .flat_map(|s| s["messages"].as_array().expect("messages").clone())
+            .map(|m| m["content"].as_str().expect("content").to_owned())
+            .collect()
+    }
+
+    #[test]
+    fn poisoned_keys_are_dropped_everywhere() {
+        let mut value: Value = serde_json::from_str(
+            r#"{"a":{"__proto__":{"x":1},"b":[{"constructor":{"y":2},"c":3}],"prototype":4}}"#,
+        )
+        .expect("json");
+        sanitize(&mut value);
+        assert_eq!(value, json!({"a": {"b": [{"c": 3}]}}));
+    }
+
+    #[test]
+    fn secrets_are_found_by_name_at_any_depth_and_empty_ones_dropped() {
+        let mut value = json!({
+            "access-control": {"openaiApiKey": "sk-1", "accessCode": "code", "tencentSecretId": "id",
+                               "iflytekApiSecret": "s", "googleApiKey": "", "openaiUrl": "https://x"},
+            "app-config": {"realtimeConfig": {"apiKey": "rt", "voice": "alloy"}, "submitKey": "Enter",
+                           "modelConfig": {"max_tokens": 4000}},
+            "chat-next-web-store": {"apiKey": "not a store that holds secrets"},
+        });
+        let mut found = take_secrets(&mut value);
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        let paths: Vec<String> = found.iter().map(|(p, _)| p.join("/")).collect();
+        assert_eq!(
+            paths,
+            [
+                "access-control/accessCode",
+                "access-control/iflytekApiSecret",
+                "access-control/openaiApiKey",
+                "access-control/tencentSecretId",
+                "app-config/realtimeConfig/apiKey",
+            ]
+        );
+        assert_eq!(value["access-control"], json!({"openaiUrl": "https://x"}));
+        assert_eq!(
+            value["app-config"],
+            json!({"realtimeConfig": {"voice": "alloy"}, "submitKey": "Enter", "modelConfig": {"max_tokens": 4000}})
+        );
+        let mut state = Map::new();
+        for (path, v) in found {
+            put_secret(&mut state, &path, v);
+        }
+        assert_eq!(state["app-config"]["realtimeConfig"]["apiKey"], "rt");
+    }
+
+    #[test]
+    fn a_state_without_its_stores_or_ids_is_refused() {
+        assert_eq!(Backup::from_value(json!([1])), Err(BackupError::NotAnObject));
+        assert_eq!(
+            Backup::from_value(json!({"error": true, "msg": "Invalid endpoint"})),
+            Err(BackupError::MissingStore(CHAT_STORE))
+        );
+        let no_id = state(json!([{"topic": "x", "messages": []}]));
+        assert!(matches!(Backup::from_value(no_id), Err(BackupError::Invalid(_))));
+        let bad_message = state(json!([session("s1", 1, json!([{"content": "no id"}]))]));
+        assert!(matches!(
+            Backup::from_value(bad_message),
+            Err(BackupError::Invalid(_))
+        ));
+    }
+
+    #[test]
+    fn an_upload_creates_once_and_a_repeat_changes_nothing() {
+        let (mut current, mut now) = (Current::default(), 0);
+        let value = state(json!([session(
+            "s1",
+            5,
+            json!([message("a", "hi"), message("b", "ho")])
+        )]));
+        let first = upload(&mut current, value.clone(), &mut now);
+        assert_eq!(
+            first.stats.created, 5,
+            "a session, two messages, a mask, a prompt"
+        );
+        let again = upload(&mut current, value, &mut now);
+        assert!(again.writes.is_empty(), "{:?}", again.writes);
+        assert_eq!(again.stats.stale, 5);
+        let messages = &current.records[&key(MESSAGES, "b")].visible().0;
+        assert_eq!(messages[SESSION_ID], "s1");
+        assert_eq!(messages[POSITION], 1);
+    }
+
+    #[test]
+    fn a_novel_version_wins_and_a_superseded_one_is_ignored() {
+        let (mut current, mut now) = (Current::default(), 0);
+        let v1 = state(json!([session("s1", 5, json!([message("a", "draft")]))]));
+        let v2 = state(json!([session("s1", 5, json!([message("a", "edited")]))]));
+        upload(&mut current, v1.clone(), &mut now);
+        let edit = upload(&mut current, v2, &mut now);
+        assert_eq!(edit.stats.edited, 1);
+        assert_eq!(edit.writes.len(), 1, "only the changed field is written");
+        assert_eq!(
+            edit.writes[0].fields,
+            *json!({"content": "edited"}).as_object().expect("object")
+        );
+        // Another device still holds v1 and uploads it again: nothing flips back.
+        let stale = upload(&mut current, v1, &mut now);
+        assert!(stale.writes.is_empty());
+        assert_eq!(contents(&current), ["edited"]);
+    }
+
+    #[test]
+    fn a_partial_reply_never_replaces_a_finished_one() {
+        let (mut current, mut now) = (Current::default(), 0);
+        let finished =
+            json!({"id": "r", "role": "assistant", "content": "the whole answer", "streaming": false});
+        let partial = json!({"id": "r", "role": "assistant", "content": "the wh", "streaming": true});
+        upload(
+            &mut current,
+            state(json!([session("s1", 5, json!([finished]))])),
+            &mut now,
+        );
+        let plan = upload(
+            &mut current,
+            state(json!([session("s1", 5, json!([partial.clone()]))])),
+            &mut now,
+        );
+        assert!(plan.writes.is_empty());
+        assert_eq!(contents(&current), ["the whole answer"]);
+        // The other way round, the finished reply replaces the partial one.
+        let (mut current, mut now) = (Current::default(), 0);
+        upload(
+            &mut current,
+            state(json!([session("s1", 5, json!([partial]))])),
+            &mut now,
+        );
+        let finished =
+            json!({"id": "r", "role": "assistant", "content": "the whole answer", "streaming": false});
+        upload(
+            &mut current,
+            state(json!([session("s1", 5, json!([finished]))])),
+            &mut now,
+        );
+        assert_eq!(contents(&current), ["the whole answer"]);
+    }
+
+    #[test]
+    fn deleted_sessions_stay_deleted_with_their_messages_unless_revived() {
+        let (mut current, mut now) = (Current::default(), 0);
+        let value = state(json!([session("s1", 5, json!([message("a", "hi")]))]));
+        upload(&mut current, value.clone(), &mut now);
+        let s1 = current.records.get_mut(&key(SESSIONS, "s1")).expect("s1");
+        now += 1;
+        let hlc = Hlc::new(now, 0, "server").expect("stamp");
+        s1.apply(
+            Write {
+                op: Op::Delete,
+                hlc: &hlc,
+                base_seq: None,
+            },
+            Seq(now),
+            &mut Vec::new(),
+        );
+        let plan = upload(&mut current, value.clone(), &mut now);
+        assert_eq!(plan.stats.deleted, 2);
+        assert!(plan.writes.iter().all(|w| w.key.collection != SESSIONS));
+        assert!(
+            contents(&current).is_empty(),
+            "a deleted session's messages are not shown"
+        );
+        let backup = Backup::from_value(value).expect("valid");
+        let options = UploadOptions {
+            revive_deleted: true,
+            ..UploadOptions::default()
+        };
+        let revival = plan_upload(&backup, &current, options);
+        apply(&mut current, &revival, &mut now);
+        assert_eq!(contents(&current), ["hi"]);
+    }
+
+    #[test]
+    fn config_is_merged_per_field_and_only_when_settings_sync() {
+        let (mut current, mut now) = (Current::default(), 0);
+        let value = state(json!([]));
+        upload(&mut current, value.clone(), &mut now);
+        assert!(!current.records.contains_key(&key(CONFIG, APP_CONFIG)));
+        let options = UploadOptions {
+            sync_settings: true,
+            ..UploadOptions::default()
+        };
+        let sync = |current: &mut Current, value: Value, now: &mut u64| {
+            let plan = plan_upload(&Backup::from_value(value).expect("valid"), current, options);
+            apply(current, &plan, now);
+        };
+        sync(&mut current, value.clone(), &mut now);
+        let mut light = value.clone();
+        light[APP_CONFIG]["theme"] = json!("light");
+        sync(&mut current, light, &mut now);
+        // A device that downloaded before the change re-uploads "dark" with a new field.
+        let mut stale = value;
+        stale[APP_CONFIG]["fontSize"] = json!(16);
+        sync(&mut current, stale, &mut now);
+        let render_options = RenderOptions { sync_settings: true };
+        let config = &rendered(&current, render_options).state[APP_CONFIG];
+        assert_eq!(config["theme"], "light");
+        assert_eq!(config["fontSize"], 16);
+        assert_eq!(
+            rendered(&current, RenderOptions::default()).state[APP_CONFIG],
+            json!({})
+        );
+    }
+
+    #[test]
+    fn a_download_orders_sessions_newest_first_and_messages_by_position() {
+        let (mut current, mut now) = (Current::default(), 0);
+        upload(
+            &mut current,
+            state(json!([
+                session("old", 1, json!([message("a", "1"), message("b", "2")])),
+                session("new", 9, json!([message("c", "3")])),
+            ])),
+            &mut now,
+        );
+        // A later upload reorders "old": the newest upload's order is the download's.
+        upload(
+            &mut current,
+            state(json!([session(
+                "old",
+                1,
+                json!([message("b", "2"), message("a", "1")])
+            )])),
+            &mut now,
+        );
+        let out = rendered(&current, RenderOptions::default());
+        assert!(!out.is_empty);
+        let sessions = out.state[CHAT_STORE]["sessions"]
+            .as_array()
+            .expect("sessions")
+            .clone();
+        assert_eq!(sessions[0]["id"], "new");
+        let old: Vec<&str> = sessions[1]["messages"]
+            .as_array()
+            .expect("messages")
+            .iter()
+            .map(|m| m["id"].as_str().expect("id"))
+            .collect();
+        assert_eq!(old, ["b", "a"]);
+        assert!(
+            sessions[1]["messages"][0].get(SESSION_ID).is_none(),
+            "mapping fields stay inside"
+        );
+        for store in [CHAT_STORE, ACCESS_CONTROL, APP_CONFIG, MASK_STORE, PROMPT_STORE] {
+            assert!(out.state.get(store).is_some(), "{store} missing");
+        }
+        assert!(render(&[], RenderOptions::default(), Vec::new()).is_empty);
+    }
+
+    #[test]
+    fn a_message_id_reused_in_another_session_gets_its_own_record() {
+        let (mut current, mut now) = (Current::default(), 0);
+        upload(
+            &mut current,
+            state(json!([
+                session("s1", 1, json!([message("same", "one")])),
+                session("s2", 2, json!([message("same", "two")])),
+            ])),
+            &mut now,
+        );
+        let mut all = contents(&current);
+        all.sort();
+        assert_eq!(all, ["one", "two"]);
+    }
+}
