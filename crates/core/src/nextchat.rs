@@ -453,8 +453,13 @@ impl Planner<'_> {
             (visible.unwrap_or_default(), seq)
         };
         let partial_over_finished = seq.is_some() && is_streaming(value) && !is_streaming(&visible);
+        if partial_over_finished {
+            // A stale device's view: neither its content nor its placement is taken.
+            self.plan.stats.stale += 1;
+            return;
+        }
         let mut fields = Map::new();
-        if (self.current.seen(&key, &hash) && !deleted) || partial_over_finished {
+        if self.current.seen(&key, &hash) && !deleted {
             self.plan.stats.stale += 1;
         } else {
             if seq.is_some() {
