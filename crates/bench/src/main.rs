@@ -3,6 +3,7 @@
 //! every scenario is measured in several interleaved rounds and reported as a median, next to
 //! a baseline measured in the same run.
 
+mod nextchat;
 mod realtime;
 mod sync;
 
@@ -44,6 +45,15 @@ enum Bench {
         /// Run the single instance (and its load test) on PostgreSQL instead of SQLite.
         #[arg(long)]
         postgres: bool,
+    },
+    /// NextChat's WebDAV sync of whole states (default 200×20 and 1000×30): time and the
+    /// server's peak memory per upload and download. Needs the release `nextsync` binary.
+    Nextchat {
+        /// Sessions×messages, comma-separated.
+        #[arg(long, default_value = "200x20,1000x30")]
+        shapes: String,
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
     },
     /// `SyncStore::apply` alone in a loop (for profiling the store path).
     Store {
@@ -107,6 +117,22 @@ fn main() -> anyhow::Result<()> {
                     Duration::from_secs(seconds.clamp(1, 60)),
                 )
                 .await
+            }
+            Bench::Nextchat { shapes, rounds } => {
+                let shapes = shapes
+                    .split(',')
+                    .map(|shape| {
+                        let (s, m) = shape
+                            .trim()
+                            .split_once('x')
+                            .context("a shape is <sessions>x<messages>")?;
+                        Ok((
+                            s.parse::<usize>()?.clamp(1, 5000),
+                            m.parse::<usize>()?.clamp(1, 200),
+                        ))
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                nextchat::bench_nextchat(&shapes, rounds.clamp(1, 10)).await
             }
             Bench::Sync { seconds, rounds } => {
                 sync::bench_sync(Duration::from_secs(seconds.clamp(1, 60)), rounds.clamp(1, 20)).await

@@ -20,9 +20,10 @@ use tokio_tungstenite::tungstenite::Message;
 
 type Socket = nextsync_testkit::ws::Socket;
 
-struct Server {
+/// A real `nextsync serve` process.
+pub(crate) struct Server {
     child: Child,
-    base_url: String,
+    pub(crate) base_url: String,
 }
 
 impl Drop for Server {
@@ -33,7 +34,7 @@ impl Drop for Server {
 }
 
 impl Server {
-    fn spawn(args: &[String]) -> anyhow::Result<Self> {
+    pub(crate) fn spawn(args: &[String]) -> anyhow::Result<Self> {
         let binary: PathBuf = std::env::current_exe()?.with_file_name("nextsync");
         anyhow::ensure!(
             binary.exists(),
@@ -64,16 +65,31 @@ impl Server {
         Ok(Self { child, base_url })
     }
 
-    fn rss_kib(&self) -> anyhow::Result<u64> {
+    pub(crate) fn rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmRSS:")
+    }
+
+    /// The peak resident set since start or since [`Self::reset_peak`].
+    pub(crate) fn peak_rss_kib(&self) -> anyhow::Result<u64> {
+        self.status_kib("VmHWM:")
+    }
+
+    /// Starts a new peak: writing 5 to `clear_refs` resets `VmHWM` (Linux ≥ 4.0).
+    pub(crate) fn reset_peak(&self) -> anyhow::Result<()> {
+        std::fs::write(format!("/proc/{}/clear_refs", self.child.id()), "5")?;
+        Ok(())
+    }
+
+    fn status_kib(&self, field: &str) -> anyhow::Result<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))?;
         status
             .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .find_map(|l| l.strip_prefix(field))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("no VmRSS"))
+            .ok_or_else(|| anyhow::anyhow!("no {field}"))
     }
 
-    fn api(&self) -> Api {
+    pub(crate) fn api(&self) -> Api {
         Api {
             http: nextsync_testkit::client(),
             base_url: self.base_url.clone(),

@@ -26,7 +26,8 @@
 use crate::api::MergeSummary;
 use crate::ids::Seq;
 use crate::push::{RecordKey, validate_record_id};
-use crate::sync::StoredRecord;
+use crate::sync::RawRecord;
+use serde_json::value::RawValue;
 use serde_json::{Map, Value, json};
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
@@ -333,18 +334,43 @@ pub struct UploadPlan {
 /// The records an upload is planned against.
 #[derive(Debug, Default)]
 pub struct Current {
-    pub records: HashMap<RecordKey, StoredRecord>,
+    /// As stored; each is decoded only when the upload touches it.
+    pub records: HashMap<RecordKey, RawRecord>,
     /// Every remembered version hash per record.
     pub versions: HashMap<RecordKey, HashSet<String>>,
 }
 
-impl Current {
-    fn visible(&self, key: &RecordKey) -> Option<(Map<String, Value>, Seq)> {
-        self.records.get(key).map(|r| (r.visible().0, r.seq))
-    }
+/// A stored record that does not decode.
+#[derive(Debug, Error, PartialEq, Eq)]
+#[error("record {collection}/{id} is corrupt: {reason}")]
+pub struct CorruptRecord {
+    pub collection: String,
+    pub id: String,
+    pub reason: String,
+}
 
-    fn is_deleted(&self, key: &RecordKey) -> bool {
-        self.records.get(key).is_some_and(|r| r.record.is_deleted())
+/// What an upload needs of one stored record.
+struct Stored {
+    deleted: bool,
+    visible: Object,
+    seq: Seq,
+}
+
+impl Current {
+    fn stored(&self, key: &RecordKey) -> Result<Option<Stored>, CorruptRecord> {
+        let Some(raw) = self.records.get(key) else {
+            return Ok(None);
+        };
+        let record = raw.decode().map_err(|reason| CorruptRecord {
+            collection: key.collection.clone(),
+            id: key.id.clone(),
+            reason,
+        })?;
+        Ok(Some(Stored {
+            deleted: record.record.is_deleted(),
+            visible: record.visible().0,
+            seq: record.seq,
+        }))
     }
 
     fn seen(&self, key: &RecordKey, hash: &str) -> bool {
@@ -359,7 +385,7 @@ fn key(collection: &str, id: &str) -> RecordKey {
     }
 }
 
-fn is_streaming(fields: &Map<String, Value>) -> bool {
+fn is_streaming(fields: &Object) -> bool {
     fields.get("streaming") == Some(&Value::Bool(true))
 }
 
@@ -373,8 +399,14 @@ pub struct UploadOptions {
     pub revive_deleted: bool,
 }
 
-/// Decides an upload: see the module doc for the rules.
-pub fn plan_upload(backup: &Backup, current: &Current, options: UploadOptions) -> UploadPlan {
+/// Decides an upload: see the module doc for the rules. Takes the upload by value: the
+/// fields it writes move into the plan rather than being copied (a first upload writes
+/// everything).
+pub fn plan_upload(
+    backup: Backup,
+    current: &Current,
+    options: UploadOptions,
+) -> Result<UploadPlan, CorruptRecord> {
     let mut planner = Planner {
         current,
         revive: options.revive_deleted,
@@ -383,22 +415,23 @@ pub fn plan_upload(backup: &Backup, current: &Current, options: UploadOptions) -
     };
     // Message ids are nanoids, unique in practice; one reused in a second session gets a
     // record of its own rather than moving (its `id` field keeps the original).
-    let mut message_owner: HashMap<String, &str> = HashMap::new();
-    for session in &backup.sessions {
+    let mut message_owner: HashMap<String, String> = HashMap::new();
+    for session in backup.sessions {
         let session_key = key(SESSIONS, &session.id);
-        if current.is_deleted(&session_key) && !options.revive_deleted {
+        let session_deleted = current.stored(&session_key)?.is_some_and(|s| s.deleted);
+        if session_deleted && !options.revive_deleted {
             planner.plan.stats.deleted += 1 + session.messages.len() as u32;
             continue;
         }
-        planner.entity(session_key, &session.fields, None);
-        for (position, message) in session.messages.iter().enumerate() {
+        planner.entity(session_key, session.fields, None)?;
+        for (position, message) in session.messages.into_iter().enumerate() {
             let Some(message_id) = entity_id(message.get("id")) else {
                 continue;
             };
-            let owner = *message_owner
+            let owner = message_owner
                 .entry(message_id.clone())
-                .or_insert(session.id.as_str());
-            let record_id = if owner == session.id {
+                .or_insert_with(|| session.id.clone());
+            let record_id = if *owner == session.id {
                 message_id
             } else {
                 format!("{}:{message_id}", session.id)
@@ -409,20 +442,20 @@ pub fn plan_upload(backup: &Backup, current: &Current, options: UploadOptions) -
             let mut placement = Map::new();
             placement.insert(SESSION_ID.to_owned(), Value::String(session.id.clone()));
             placement.insert(POSITION.to_owned(), Value::from(position as u64));
-            planner.entity(key(MESSAGES, &record_id), message, Some(placement));
+            planner.entity(key(MESSAGES, &record_id), message, Some(placement))?;
         }
     }
-    for (id, mask) in &backup.masks {
-        planner.entity(key(MASKS, id), mask, None);
+    for (id, mask) in backup.masks {
+        planner.entity(key(MASKS, &id), mask, None)?;
     }
-    for (id, prompt) in &backup.prompts {
-        planner.entity(key(PROMPTS, id), prompt, None);
+    for (id, prompt) in backup.prompts {
+        planner.entity(key(PROMPTS, &id), prompt, None)?;
     }
     if options.sync_settings {
-        planner.config(APP_CONFIG, &backup.app_config);
-        planner.config(ACCESS_CONTROL, &backup.access_control);
+        planner.config(APP_CONFIG, backup.app_config)?;
+        planner.config(ACCESS_CONTROL, backup.access_control)?;
     }
-    planner.plan
+    Ok(planner.plan)
 }
 
 struct Planner<'a> {
@@ -434,30 +467,37 @@ struct Planner<'a> {
 }
 
 impl Planner<'_> {
-    fn entity(&mut self, key: RecordKey, value: &Map<String, Value>, placement: Option<Map<String, Value>>) {
-        let deleted = self.current.is_deleted(&key);
+    /// The record's state for a write: `(deleted, visible, expected seq)`. A deleted record
+    /// shows nothing and is written unconditionally when revived (a precondition on a seq
+    /// needs a live record; a revival racing a write is a merge).
+    fn target(&self, key: &RecordKey) -> Result<(bool, Object, Option<Seq>), CorruptRecord> {
+        Ok(match self.current.stored(key)? {
+            None => (false, Map::new(), None),
+            Some(s) if s.deleted => (true, Map::new(), None),
+            Some(s) => (false, s.visible, Some(s.seq)),
+        })
+    }
+
+    fn entity(
+        &mut self,
+        key: RecordKey,
+        value: Object,
+        placement: Option<Object>,
+    ) -> Result<(), CorruptRecord> {
+        let (deleted, visible, seq) = self.target(&key)?;
         if deleted && !self.revive {
             self.plan.stats.deleted += 1;
-            return;
+            return Ok(());
         }
         if !self.planned.insert(key.clone()) {
-            return;
+            return Ok(());
         }
-        let hash = object_hash(value);
-        // A deleted record shows nothing: reviving writes every field, unconditionally (a
-        // precondition on a seq needs a live record; a revival racing a write is a merge).
-        let (visible, seq) = if deleted {
-            (Map::new(), None)
-        } else {
-            let (visible, seq) = self.current.visible(&key).unzip();
-            (visible.unwrap_or_default(), seq)
-        };
-        let partial_over_finished = seq.is_some() && is_streaming(value) && !is_streaming(&visible);
-        if partial_over_finished {
-            // A stale device's view: neither its content nor its placement is taken.
+        if seq.is_some() && is_streaming(&value) && !is_streaming(&visible) {
+            // A stale device's partial reply: neither its content nor its placement is taken.
             self.plan.stats.stale += 1;
-            return;
+            return Ok(());
         }
+        let hash = object_hash(&value);
         let mut fields = Map::new();
         if self.current.seen(&key, &hash) && !deleted {
             self.plan.stats.stale += 1;
@@ -467,11 +507,7 @@ impl Planner<'_> {
             } else {
                 self.plan.stats.created += 1;
             }
-            for (name, v) in value {
-                if visible.get(name) != Some(v) {
-                    fields.insert(name.clone(), v.clone());
-                }
-            }
+            fields.extend(value.into_iter().filter(|(name, v)| visible.get(name) != Some(v)));
             self.plan.versions.push((key.clone(), hash));
         }
         for (name, v) in placement.into_iter().flatten() {
@@ -486,32 +522,27 @@ impl Planner<'_> {
                 expect: seq,
             });
         }
+        Ok(())
     }
 
     /// Config is merged field by field: each field's versions are remembered like an
     /// entity's, so a device re-uploading an old value does not undo a newer one.
-    fn config(&mut self, id: &str, store: &Map<String, Value>) {
+    fn config(&mut self, id: &str, store: Object) -> Result<(), CorruptRecord> {
         let key = key(CONFIG, id);
-        let deleted = self.current.is_deleted(&key);
+        let (deleted, visible, seq) = self.target(&key)?;
         if store.is_empty() || (deleted && !self.revive) {
-            return;
+            return Ok(());
         }
-        let (visible, seq) = if deleted {
-            (Map::new(), None)
-        } else {
-            let (visible, seq) = self.current.visible(&key).unzip();
-            (visible.unwrap_or_default(), seq)
-        };
         let mut fields = Map::new();
         for (name, value) in store {
-            let hash = field_hash(name, value);
+            let hash = field_hash(&name, &value);
             if self.current.seen(&key, &hash) && !deleted {
                 continue;
             }
-            if visible.get(name) != Some(value) {
-                fields.insert(name.clone(), value.clone());
-            }
             self.plan.versions.push((key.clone(), hash));
+            if visible.get(&name) != Some(&value) {
+                fields.insert(name, value);
+            }
         }
         if !fields.is_empty() {
             if seq.is_some() {
@@ -525,6 +556,7 @@ impl Planner<'_> {
                 expect: seq,
             });
         }
+        Ok(())
     }
 }
 
@@ -535,118 +567,191 @@ pub struct RenderOptions {
     pub sync_settings: bool,
 }
 
-/// A rendered state.
+/// A rendered state: its JSON text.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rendered {
     /// Always holds all five stores.
-    pub state: Value,
+    pub json: Vec<u8>,
     /// Nothing at all to show: a WebDAV GET answers 404 then, an Upstash count `null`.
     pub is_empty: bool,
 }
 
+/// One entity's visible fields as stored JSON text, borrowed from its record.
+type RawFields<'a> = Vec<(std::borrow::Cow<'a, str>, &'a RawValue)>;
+
 /// Renders the whole state from records of the five collections (any order; deleted ones
-/// are skipped), with `secrets` put back where they were taken from.
-pub fn render<'a>(
-    records: impl IntoIterator<Item = &'a (RecordKey, StoredRecord)>,
+/// are skipped), with `secrets` put back where they were taken from. Values are copied from
+/// the stored JSON text as they are: a download builds no value tree of the state.
+pub fn render(
+    records: &[(RecordKey, RawRecord)],
     options: RenderOptions,
     secrets: Vec<(SecretPath, Value)>,
-) -> Rendered {
-    let mut sessions: Vec<(Map<String, Value>, String)> = Vec::new();
+) -> Result<Rendered, CorruptRecord> {
+    let mut sessions: Vec<(f64, &str, RawFields<'_>)> = Vec::new();
     // Per session: (position, seq, fields).
-    let mut messages: HashMap<String, Vec<(f64, Seq, Object)>> = HashMap::new();
-    let mut masks = Map::new();
-    let mut prompts = Map::new();
+    let mut messages: HashMap<String, Vec<(f64, Seq, RawFields<'_>)>> = HashMap::new();
+    let mut masks: Vec<(&str, RawFields<'_>)> = Vec::new();
+    let mut prompts: Vec<(&str, RawFields<'_>)> = Vec::new();
     let mut app_config = Map::new();
     let mut access_control = Map::new();
-    for (key, stored) in records {
-        if stored.record.is_deleted() {
+    for (key, raw) in records {
+        let corrupt = |reason: String| CorruptRecord {
+            collection: key.collection.clone(),
+            id: key.id.clone(),
+            reason,
+        };
+        let mut fields = raw.visible_raw().map_err(corrupt)?;
+        if fields.is_empty() {
             continue;
         }
-        let (mut fields, _) = stored.visible();
+        let number = |raw: &RawValue| serde_json::from_str::<f64>(raw.get()).ok();
         match key.collection.as_str() {
-            SESSIONS => sessions.push((fields, key.id.clone())),
+            SESSIONS => {
+                let last_update = fields
+                    .iter()
+                    .find(|(name, _)| name == "lastUpdate")
+                    .and_then(|(_, v)| number(v))
+                    .unwrap_or(0.0);
+                sessions.push((last_update, &key.id, fields));
+            }
             MESSAGES => {
-                let Some(Value::String(session)) = fields.remove(SESSION_ID) else {
-                    continue;
-                };
-                let position = fields
-                    .remove(POSITION)
-                    .and_then(|p| p.as_f64())
-                    .unwrap_or(f64::MAX);
-                messages
-                    .entry(session)
-                    .or_default()
-                    .push((position, stored.seq, fields));
+                let mut session = None;
+                let mut position = f64::MAX;
+                fields.retain(|(name, v)| match name.as_ref() {
+                    SESSION_ID => {
+                        session = serde_json::from_str::<String>(v.get()).ok();
+                        false
+                    }
+                    POSITION => {
+                        position = number(v).unwrap_or(f64::MAX);
+                        false
+                    }
+                    _ => true,
+                });
+                if let Some(session) = session {
+                    messages
+                        .entry(session)
+                        .or_default()
+                        .push((position, raw.seq, fields));
+                }
             }
-            MASKS => {
-                masks.insert(key.id.clone(), Value::Object(fields));
+            MASKS => masks.push((&key.id, fields)),
+            PROMPTS => prompts.push((&key.id, fields)),
+            CONFIG if options.sync_settings && (key.id == APP_CONFIG || key.id == ACCESS_CONTROL) => {
+                let decoded = fields
+                    .into_iter()
+                    .map(|(name, v)| Ok((name.into_owned(), serde_json::from_str(v.get())?)))
+                    .collect::<Result<Object, serde_json::Error>>()
+                    .map_err(|e| corrupt(e.to_string()))?;
+                if key.id == APP_CONFIG {
+                    app_config = decoded;
+                } else {
+                    access_control = decoded;
+                }
             }
-            PROMPTS => {
-                prompts.insert(key.id.clone(), Value::Object(fields));
-            }
-            CONFIG if options.sync_settings && key.id == APP_CONFIG => app_config = fields,
-            CONFIG if options.sync_settings && key.id == ACCESS_CONTROL => access_control = fields,
             _ => {}
         }
+    }
+    let mut stores = Map::new();
+    stores.insert(ACCESS_CONTROL.to_owned(), Value::Object(access_control));
+    stores.insert(APP_CONFIG.to_owned(), Value::Object(app_config));
+    let has_secrets = !secrets.is_empty();
+    for (path, value) in secrets {
+        put_secret(&mut stores, &path, value);
     }
     let is_empty = sessions.is_empty()
         && masks.is_empty()
         && prompts.is_empty()
-        && app_config.is_empty()
-        && access_control.is_empty()
-        && secrets.is_empty();
+        && stores
+            .values()
+            .all(|store| store.as_object().is_some_and(Map::is_empty))
+        && !has_secrets;
+
     // Newest first, as NextChat sorts them after every merge.
-    let last_update = |s: &Map<String, Value>| s.get("lastUpdate").and_then(Value::as_f64).unwrap_or(0.0);
-    sessions.sort_by(|(a, a_id), (b, b_id)| {
-        last_update(b)
-            .total_cmp(&last_update(a))
-            .then_with(|| a_id.cmp(b_id))
-    });
-    let sessions: Vec<Value> = sessions
-        .into_iter()
-        .map(|(mut fields, id)| {
-            let mut list = messages.remove(&id).unwrap_or_default();
-            list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            let list = list.into_iter().map(|(_, _, m)| Value::Object(m)).collect();
-            fields.insert("messages".to_owned(), Value::Array(list));
-            Value::Object(fields)
-        })
-        .collect();
-    let mut state = Map::new();
-    state.insert(
-        CHAT_STORE.to_owned(),
-        json!({
-            "sessions": sessions,
-            "currentSessionIndex": 0,
-            "lastInput": "",
-            "lastUpdateTime": 0,
-            "_hasHydrated": true,
-        }),
-    );
-    state.insert(ACCESS_CONTROL.to_owned(), Value::Object(access_control));
-    state.insert(APP_CONFIG.to_owned(), Value::Object(app_config));
-    state.insert(
-        MASK_STORE.to_owned(),
-        json!({"masks": masks, "lastUpdateTime": 0, "_hasHydrated": true}),
-    );
-    state.insert(
-        PROMPT_STORE.to_owned(),
-        json!({"counter": 0, "prompts": prompts, "lastUpdateTime": 0, "_hasHydrated": true}),
-    );
-    for (path, value) in secrets {
-        put_secret(&mut state, &path, value);
+    sessions.sort_by(|a, b| b.0.total_cmp(&a.0).then_with(|| a.1.cmp(b.1)));
+    masks.sort_by(|a, b| a.0.cmp(b.0));
+    prompts.sort_by(|a, b| a.0.cmp(b.0));
+    let size = records.iter().map(|(_, r)| r.fields.len()).sum::<usize>();
+    let mut out = Vec::with_capacity(size + 64 * 1024);
+    out.extend_from_slice(br#"{"access-control":"#);
+    write_json(&mut out, &stores[ACCESS_CONTROL]);
+    out.extend_from_slice(br#","app-config":"#);
+    write_json(&mut out, &stores[APP_CONFIG]);
+    out.extend_from_slice(br#","chat-next-web-store":{"sessions":["#);
+    for (i, (_, id, fields)) in sessions.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.push(b'{');
+        write_fields(&mut out, fields);
+        out.extend_from_slice(if fields.is_empty() {
+            br#""messages":["#
+        } else {
+            br#","messages":["#
+        });
+        let mut list = messages.remove(*id).unwrap_or_default();
+        list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for (j, (_, _, message)) in list.iter().enumerate() {
+            if j > 0 {
+                out.push(b',');
+            }
+            write_object(&mut out, message);
+        }
+        out.extend_from_slice(b"]}");
     }
-    Rendered {
-        state: Value::Object(state),
-        is_empty,
+    out.extend_from_slice(
+        br#"],"currentSessionIndex":0,"lastInput":"","lastUpdateTime":0,"_hasHydrated":true}"#,
+    );
+    out.extend_from_slice(br#","mask-store":{"masks":"#);
+    write_keyed(&mut out, &masks);
+    out.extend_from_slice(br#","lastUpdateTime":0,"_hasHydrated":true}"#);
+    out.extend_from_slice(br#","prompt-store":{"counter":0,"prompts":"#);
+    write_keyed(&mut out, &prompts);
+    out.extend_from_slice(br#","lastUpdateTime":0,"_hasHydrated":true}}"#);
+    Ok(Rendered { json: out, is_empty })
+}
+
+fn write_json(out: &mut Vec<u8>, value: &impl serde::Serialize) {
+    // Writing JSON into a Vec cannot fail.
+    let _ = serde_json::to_writer(&mut *out, value);
+}
+
+/// `"name":value,…` without the braces.
+fn write_fields(out: &mut Vec<u8>, fields: &RawFields<'_>) {
+    for (i, (name, value)) in fields.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(out, name);
+        out.push(b':');
+        out.extend_from_slice(value.get().as_bytes());
     }
+}
+
+fn write_object(out: &mut Vec<u8>, fields: &RawFields<'_>) {
+    out.push(b'{');
+    write_fields(out, fields);
+    out.push(b'}');
+}
+
+fn write_keyed(out: &mut Vec<u8>, entries: &[(&str, RawFields<'_>)]) {
+    out.push(b'{');
+    for (i, (id, fields)) in entries.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        write_json(out, id);
+        out.push(b':');
+        write_object(out, fields);
+    }
+    out.push(b'}');
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::hlc::Hlc;
-    use crate::sync::{Op, Write};
+    use crate::sync::{Op, StoredRecord, Write};
 
     fn message(id: &str, content: &str) -> Value {
         json!({"id": id, "role": "user", "content": content, "date": "5/13/2024, 3:04:05 PM"})
@@ -668,10 +773,18 @@ mod tests {
                "mask": {"id": 100000, "name": "Default"}})
     }
 
+    fn decoded(current: &Current, key: &RecordKey) -> StoredRecord {
+        current
+            .records
+            .get(key)
+            .map(|raw| raw.decode().expect("decodes"))
+            .unwrap_or_default()
+    }
+
     /// Applies a plan the way the store does: server-stamped writes and remembered versions.
     fn apply(current: &mut Current, plan: &UploadPlan, now: &mut u64) {
         for write in &plan.writes {
-            let record = current.records.entry(write.key.clone()).or_default();
+            let mut record = decoded(current, &write.key);
             assert_eq!(
                 write.expect,
                 (record.seq > Seq(0) && !record.record.is_deleted()).then_some(record.seq),
@@ -688,6 +801,9 @@ mod tests {
                 Seq(*now),
                 &mut Vec::new(),
             );
+            current
+                .records
+                .insert(write.key.clone(), RawRecord::from(&record));
         }
         for (key, hash) in &plan.versions {
             current
@@ -700,14 +816,23 @@ mod tests {
 
     fn upload(current: &mut Current, value: Value, now: &mut u64) -> UploadPlan {
         let backup = Backup::from_value(value).expect("a valid state");
-        let plan = plan_upload(&backup, current, UploadOptions::default());
+        let plan = plan_upload(backup, current, UploadOptions::default()).expect("plans");
         apply(current, &plan, now);
         plan
     }
 
-    fn rendered(current: &Current, options: RenderOptions) -> Rendered {
+    struct Out {
+        state: Value,
+        is_empty: bool,
+    }
+
+    fn rendered(current: &Current, options: RenderOptions) -> Out {
         let records: Vec<_> = current.records.clone().into_iter().collect();
-        render(&records, options, Vec::new())
+        let out = render(&records, options, Vec::new()).expect("renders");
+        Out {
+            state: serde_json::from_slice(&out.json).expect("valid JSON"),
+            is_empty: out.is_empty,
+        }
     }
 
     fn contents(current: &Current) -> Vec<String> {
@@ -797,7 +922,7 @@ mod tests {
         let again = upload(&mut current, value, &mut now);
         assert!(again.writes.is_empty(), "{:?}", again.writes);
         assert_eq!(again.stats.stale, 5);
-        let messages = &current.records[&key(MESSAGES, "b")].visible().0;
+        let messages = &decoded(&current, &key(MESSAGES, "b")).visible().0;
         assert_eq!(messages[SESSION_ID], "s1");
         assert_eq!(messages[POSITION], 1);
     }
@@ -861,7 +986,7 @@ mod tests {
         let (mut current, mut now) = (Current::default(), 0);
         let value = state(json!([session("s1", 5, json!([message("a", "hi")]))]));
         upload(&mut current, value.clone(), &mut now);
-        let s1 = current.records.get_mut(&key(SESSIONS, "s1")).expect("s1");
+        let mut s1 = decoded(&current, &key(SESSIONS, "s1"));
         now += 1;
         let hlc = Hlc::new(now, 0, "server").expect("stamp");
         s1.apply(
@@ -873,6 +998,7 @@ mod tests {
             Seq(now),
             &mut Vec::new(),
         );
+        current.records.insert(key(SESSIONS, "s1"), RawRecord::from(&s1));
         let plan = upload(&mut current, value.clone(), &mut now);
         assert_eq!(plan.stats.deleted, 2);
         assert!(plan.writes.iter().all(|w| w.key.collection != SESSIONS));
@@ -885,7 +1011,7 @@ mod tests {
             revive_deleted: true,
             ..UploadOptions::default()
         };
-        let revival = plan_upload(&backup, &current, options);
+        let revival = plan_upload(backup, &current, options).expect("plans");
         apply(&mut current, &revival, &mut now);
         assert_eq!(contents(&current), ["hi"]);
     }
@@ -901,7 +1027,8 @@ mod tests {
             ..UploadOptions::default()
         };
         let sync = |current: &mut Current, value: Value, now: &mut u64| {
-            let plan = plan_upload(&Backup::from_value(value).expect("valid"), current, options);
+            let plan =
+                plan_upload(Backup::from_value(value).expect("valid"), current, options).expect("plans");
             apply(current, &plan, now);
         };
         sync(&mut current, value.clone(), &mut now);
@@ -964,7 +1091,11 @@ mod tests {
         for store in [CHAT_STORE, ACCESS_CONTROL, APP_CONFIG, MASK_STORE, PROMPT_STORE] {
             assert!(out.state.get(store).is_some(), "{store} missing");
         }
-        assert!(render(&[], RenderOptions::default(), Vec::new()).is_empty);
+        let empty = render(&[], RenderOptions::default(), Vec::new()).expect("renders");
+        assert!(empty.is_empty);
+        let empty: Value = serde_json::from_slice(&empty.json).expect("valid JSON");
+        assert_eq!(empty[CHAT_STORE]["sessions"], json!([]));
+        assert_eq!(empty[MASK_STORE]["masks"], json!({}));
     }
 
     #[test]

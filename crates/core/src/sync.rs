@@ -253,6 +253,62 @@ impl StoredRecord {
     }
 }
 
+/// A stored record as its columns, for readers that need only some of it: whole-state
+/// downloads copy visible values straight from the stored JSON without building a value
+/// tree, and decode a whole record only where they must ([`RawRecord::decode`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawRecord {
+    /// `{"name":{"v":value,"h":"stamp","s":seq}}`, as [`StoredRecord::encode_fields`] writes it.
+    pub fields: String,
+    pub tombstone: Option<String>,
+    pub tombstone_seq: Option<Seq>,
+    pub seq: Seq,
+}
+
+#[derive(Deserialize)]
+struct RawField<'a> {
+    #[serde(borrow)]
+    v: &'a serde_json::value::RawValue,
+    #[serde(borrow)]
+    h: std::borrow::Cow<'a, str>,
+}
+
+impl RawRecord {
+    pub fn decode(&self) -> Result<StoredRecord, String> {
+        StoredRecord::decode(
+            &self.fields,
+            self.tombstone.as_deref(),
+            self.tombstone_seq,
+            self.seq,
+        )
+    }
+
+    /// The visible fields (stamp above the tombstone) as their stored JSON text, in name
+    /// order; empty for a deleted record. Stamps compare as text (their order by design).
+    pub fn visible_raw(
+        &self,
+    ) -> Result<Vec<(std::borrow::Cow<'_, str>, &serde_json::value::RawValue)>, String> {
+        let fields: BTreeMap<std::borrow::Cow<'_, str>, RawField<'_>> =
+            serde_json::from_str(&self.fields).map_err(|e| format!("fields: {e}"))?;
+        Ok(fields
+            .into_iter()
+            .filter(|(_, f)| self.tombstone.as_deref().is_none_or(|t| f.h.as_ref() > t))
+            .map(|(name, f)| (name, f.v))
+            .collect())
+    }
+}
+
+impl From<&StoredRecord> for RawRecord {
+    fn from(record: &StoredRecord) -> Self {
+        Self {
+            fields: record.encode_fields(),
+            tombstone: record.record.tombstone.as_ref().map(ToString::to_string),
+            tombstone_seq: record.tombstone_seq,
+            seq: record.seq,
+        }
+    }
+}
+
 fn side(field: &Field) -> Side {
     Side {
         value: field.value.clone(),

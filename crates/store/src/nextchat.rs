@@ -11,7 +11,7 @@ use crate::sync::{Applied, ApplyError};
 use async_trait::async_trait;
 use nextsync_core::ids::{SnapshotId, UserId};
 use nextsync_core::push::{Mutation, RecordKey};
-use nextsync_core::sync::StoredRecord;
+use nextsync_core::sync::RawRecord;
 use nextsync_core::time::Timestamp;
 use std::collections::{HashMap, HashSet};
 
@@ -85,12 +85,12 @@ pub trait NextChatStore {
     /// Creates the WebDAV folder; false when it existed already.
     async fn create_folder(&self, user: UserId, now: Timestamp) -> Result<bool, StoreError>;
 
-    /// Every record (deleted ones too) of the given collections.
+    /// Every record (deleted ones too) of the given collections, undecoded.
     async fn records_in(
         &self,
         user: UserId,
         collections: &[&str],
-    ) -> Result<Vec<(RecordKey, StoredRecord)>, StoreError>;
+    ) -> Result<Vec<(RecordKey, RawRecord)>, StoreError>;
 
     /// Every remembered version hash, by record.
     async fn versions(&self, user: UserId) -> Result<HashMap<RecordKey, HashSet<String>>, StoreError>;
@@ -180,12 +180,12 @@ pub(crate) const CLEAR_STAGING: &str = "DELETE FROM nextchat_staging WHERE user_
 
 /// Implements [`NextChatStore`] for a store with `writer()`/`reader()`/`begin_write()`,
 /// whose transaction wrapper implements `SyncTx` and [`VersionsTx`]. Invoke inside a module
-/// of its own, next to `shared_sync` (whose `record_row` it uses).
+/// of its own.
 macro_rules! impl_nextchat_store {
     ($store:ty, $row:ty) => {
-        use nextsync_core::ids::{SnapshotId, UserId};
+        use nextsync_core::ids::{Seq, SnapshotId, UserId};
         use nextsync_core::push::{Mutation, RecordKey};
-        use nextsync_core::sync::StoredRecord;
+        use nextsync_core::sync::RawRecord;
         use nextsync_core::time::Timestamp;
         use sqlx::Row as _;
         use std::collections::{HashMap, HashSet};
@@ -259,17 +259,29 @@ macro_rules! impl_nextchat_store {
                 &self,
                 user: UserId,
                 collections: &[&str],
-            ) -> Result<Vec<(RecordKey, StoredRecord)>, StoreError> {
+            ) -> Result<Vec<(RecordKey, RawRecord)>, StoreError> {
+                use futures::TryStreamExt as _;
                 let mut records = Vec::new();
                 for collection in collections {
-                    let rows = sqlx::query(SELECT_COLLECTION)
+                    // Row by row: a whole NextChat state is tens of MB.
+                    let mut rows = sqlx::query(SELECT_COLLECTION)
                         .bind(user.as_uuid())
                         .bind(*collection)
-                        .fetch_all(self.reader())
-                        .await?;
-                    records.reserve(rows.len());
-                    for row in &rows {
-                        records.push(super::shared_sync::record_row(row)?);
+                        .fetch(self.reader());
+                    while let Some(row) = rows.try_next().await? {
+                        let key = RecordKey {
+                            collection: row.try_get("collection")?,
+                            id: row.try_get("record_id")?,
+                        };
+                        let raw = RawRecord {
+                            fields: row.try_get("fields")?,
+                            tombstone: row.try_get("tombstone")?,
+                            tombstone_seq: row
+                                .try_get::<Option<i64>, _>("tombstone_seq")?
+                                .map(|s| Seq(s as u64)),
+                            seq: Seq(row.try_get::<i64, _>("seq")? as u64),
+                        };
+                        records.push((key, raw));
                     }
                 }
                 Ok(records)

@@ -178,42 +178,48 @@ impl<R: Read> Read for Limited<R> {
 }
 
 /// An upload made ready off the async runtime: parsed into entities, its secrets out, its
-/// snapshot compressed.
+/// sanitized JSON compressed (kept as its snapshot, and re-read if it must be planned again).
 struct Prepared {
     backup: Backup,
     secrets: Vec<(SecretPath, Value)>,
+    compressed: Arc<Vec<u8>>,
     snapshot: Option<NewSnapshot>,
 }
 
 fn prepare(mut state: Value, source: Source) -> Result<Prepared, ApiError> {
     nextchat::sanitize(&mut state);
     let secrets = take_secrets(&mut state);
-    let snapshot = if source == Source::Restore {
-        None
-    } else {
-        let json = serde_json::to_vec(&state).map_err(ApiError::internal)?;
-        let digest = Sha256::digest(&json).iter().map(|b| format!("{b:02x}")).collect();
-        let body = zstd::bulk::compress(&json, SNAPSHOT_ZSTD_LEVEL).map_err(ApiError::internal)?;
-        Some((json.len(), digest, body))
-    };
+    let json = serde_json::to_vec(&state).map_err(ApiError::internal)?;
+    let compressed = zstd::bulk::compress(&json, SNAPSHOT_ZSTD_LEVEL).map_err(ApiError::internal)?;
+    let digest: String = Sha256::digest(&json).iter().map(|b| format!("{b:02x}")).collect();
+    let bytes = i64::try_from(json.len()).unwrap_or(i64::MAX);
+    drop(json);
     let backup = Backup::from_value(state).map_err(invalid_state)?;
-    let snapshot = snapshot.map(|(bytes, digest, body)| NewSnapshot {
+    let snapshot = (source != Source::Restore).then(|| NewSnapshot {
         info: SnapshotInfo {
             id: SnapshotId::new(),
             created_at: Timestamp::now(),
             source: source.as_str().to_owned(),
-            bytes: i64::try_from(bytes).unwrap_or(i64::MAX),
+            bytes,
             sessions: backup.sessions.len() as i64,
             messages: backup.message_count() as i64,
         },
         digest,
-        body,
+        body: compressed.clone(),
     });
     Ok(Prepared {
         backup,
         secrets,
+        compressed: Arc::new(compressed),
         snapshot,
     })
+}
+
+/// The upload again, for another planning attempt (the first one consumed it).
+fn reparse(compressed: &[u8]) -> Result<Backup, ApiError> {
+    let json = zstd::stream::decode_all(compressed).map_err(ApiError::internal)?;
+    let state: Value = serde_json::from_slice(&json).map_err(ApiError::internal)?;
+    Backup::from_value(state).map_err(invalid_state)
 }
 
 /// Merges a whole NextChat state into `user`'s records (NEXTCHAT.md §7.4): union by id,
@@ -228,12 +234,16 @@ pub(crate) async fn merge_upload(
     credential: Option<AppPasswordId>,
     committed_staging: Option<String>,
 ) -> Result<MergeSummary, ApiError> {
-    let prepared = tokio::task::spawn_blocking(move || prepare(upload, source)).await??;
-    let prepared = Arc::new(prepared);
+    let Prepared {
+        backup,
+        secrets: taken,
+        compressed,
+        snapshot,
+    } = tokio::task::spawn_blocking(move || prepare(upload, source)).await??;
+    let mut backup = Some(backup);
     let account = state.store.nextchat_account(user).await?;
     let secrets = if account.sync_secrets {
-        prepared
-            .secrets
+        taken
             .iter()
             .map(|(path, value)| {
                 let path = serde_json::to_string(path).unwrap_or_default();
@@ -251,8 +261,13 @@ pub(crate) async fn merge_upload(
     for _ in 0..MERGE_ATTEMPTS {
         let records = state.store.records_in(user, &COLLECTIONS).await?;
         let versions = state.store.versions(user).await?;
-        let planning = prepared.clone();
+        let first = backup.take();
+        let again = compressed.clone();
         let plan = tokio::task::spawn_blocking(move || {
+            let backup = match first {
+                Some(backup) => backup,
+                None => reparse(&again)?,
+            };
             let current = Current {
                 records: records.into_iter().collect(),
                 versions,
@@ -261,9 +276,9 @@ pub(crate) async fn merge_upload(
                 sync_settings: account.sync_settings,
                 revive_deleted: source == Source::Restore,
             };
-            plan_upload(&planning.backup, &current, options)
+            plan_upload(backup, &current, options).map_err(ApiError::internal)
         })
-        .await?;
+        .await??;
         let mutations = plan
             .writes
             .into_iter()
@@ -279,7 +294,7 @@ pub(crate) async fn merge_upload(
         let extras = UploadExtras {
             versions: plan.versions,
             secrets: secrets.clone(),
-            snapshot: prepared.snapshot.clone(),
+            snapshot: snapshot.clone(),
             committed_staging: committed_staging.clone(),
         };
         match crate::sync::apply_upload(state, user, mutations, extras).await {
@@ -318,7 +333,9 @@ pub(crate) async fn render(state: &AppState, user: UserId, for_export: bool) -> 
     let options = RenderOptions {
         sync_settings: account.sync_settings,
     };
-    Ok(tokio::task::spawn_blocking(move || nextchat::render(&records, options, secrets)).await?)
+    tokio::task::spawn_blocking(move || nextchat::render(&records, options, secrets))
+        .await?
+        .map_err(ApiError::internal)
 }
 
 /// The state for a door's GET: `None` when the account holds nothing. Both GETs of one sync
@@ -332,12 +349,7 @@ pub(crate) async fn download(
         return Ok(cached);
     }
     let rendered = render(state, user, false).await?;
-    let bytes = if rendered.is_empty {
-        None
-    } else {
-        let json = tokio::task::spawn_blocking(move || serde_json::to_vec(&rendered.state)).await?;
-        Some(Bytes::from(json.map_err(ApiError::internal)?))
-    };
+    let bytes = (!rendered.is_empty).then(|| Bytes::from(rendered.json));
     state.nextchat.downloads.put(door, bytes.clone());
     Ok(bytes)
 }
@@ -458,10 +470,7 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     check_format(&query)?;
     let rendered = render(&state, auth.user, true).await?;
-    let json = tokio::task::spawn_blocking(move || serde_json::to_vec(&rendered.state))
-        .await?
-        .map_err(ApiError::internal)?;
-    let mut response = json.into_response();
+    let mut response = rendered.json.into_response();
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert(

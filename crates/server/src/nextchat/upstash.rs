@@ -106,8 +106,13 @@ async fn get(state: &AppState, auth: AppPasswordUser, key: Key) -> Result<Respon
         (None, _) => result(Value::Null),
         (Some(_), None) => result(Value::String("1".to_owned())),
         (Some(json), Some(0)) => {
-            let text = String::from_utf8(json.to_vec()).map_err(ApiError::internal)?;
-            result(Value::String(text))
+            // The state as one JSON string, escaped straight from the rendered bytes.
+            let text = std::str::from_utf8(&json).map_err(ApiError::internal)?;
+            let mut body = Vec::with_capacity(json.len() + json.len() / 8 + 16);
+            body.extend_from_slice(br#"{"result":"#);
+            serde_json::to_writer(&mut body, text).map_err(ApiError::internal)?;
+            body.push(b'}');
+            ([(header::CONTENT_TYPE, "application/json")], body).into_response()
         }
         (Some(_), Some(_)) => result(Value::Null),
     })
