@@ -484,6 +484,12 @@ impl Planner<'_> {
         value: Object,
         placement: Option<Object>,
     ) -> Result<(), CorruptRecord> {
+        let hash = object_hash(&value);
+        if self.current.seen(&key, &hash)
+            && let Some(raw) = self.current.records.get(&key)
+        {
+            return self.known(key, raw, &value, placement);
+        }
         let (deleted, visible, seq) = self.target(&key)?;
         if deleted && !self.revive {
             self.plan.stats.deleted += 1;
@@ -497,7 +503,6 @@ impl Planner<'_> {
             self.plan.stats.stale += 1;
             return Ok(());
         }
-        let hash = object_hash(&value);
         let mut fields = Map::new();
         if self.current.seen(&key, &hash) && !deleted {
             self.plan.stats.stale += 1;
@@ -522,6 +527,74 @@ impl Planner<'_> {
                 expect: seq,
             });
         }
+        Ok(())
+    }
+
+    /// A version seen before, of a stored record: what every later sync re-uploads. Only its
+    /// placement can change, so the record is read as stored JSON text, not decoded.
+    fn known(
+        &mut self,
+        key: RecordKey,
+        raw: &RawRecord,
+        value: &Object,
+        placement: Option<Object>,
+    ) -> Result<(), CorruptRecord> {
+        let stored = raw.visible_raw().map_err(|reason| CorruptRecord {
+            collection: key.collection.clone(),
+            id: key.id.clone(),
+            reason,
+        })?;
+        if stored.is_empty() {
+            // Deleted: nothing of it is taken (unless revived, which needs the full path).
+            if self.revive {
+                return self.revive_known(key, value.clone(), placement);
+            }
+            self.plan.stats.deleted += 1;
+            return Ok(());
+        }
+        if !self.planned.insert(key.clone()) {
+            return Ok(());
+        }
+        self.plan.stats.stale += 1;
+        let stored_text = |name: &str| stored.iter().find(|(n, _)| n == name).map(|(_, v)| v.get());
+        if is_streaming(value) && stored_text("streaming") != Some("true") {
+            return Ok(());
+        }
+        let mut fields = Map::new();
+        for (name, v) in placement.into_iter().flatten() {
+            let text = serde_json::to_string(&v).unwrap_or_default();
+            if stored_text(&name) != Some(text.as_str()) {
+                fields.insert(name, v);
+            }
+        }
+        if !fields.is_empty() {
+            self.plan.writes.push(EntityWrite {
+                key,
+                fields,
+                expect: Some(raw.seq),
+            });
+        }
+        Ok(())
+    }
+
+    /// Revives a deleted record from a version seen before: every field, unconditionally.
+    fn revive_known(
+        &mut self,
+        key: RecordKey,
+        value: Object,
+        placement: Option<Object>,
+    ) -> Result<(), CorruptRecord> {
+        if !self.planned.insert(key.clone()) {
+            return Ok(());
+        }
+        self.plan.stats.created += 1;
+        let mut fields = value;
+        fields.extend(placement.into_iter().flatten());
+        self.plan.writes.push(EntityWrite {
+            key,
+            fields,
+            expect: None,
+        });
         Ok(())
     }
 
