@@ -49,6 +49,7 @@ use sha2::{Digest, Sha256};
 use std::io::Read;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use downloads::Downloads;
 pub use seal::Sealer;
@@ -59,11 +60,17 @@ const MERGE_ATTEMPTS: usize = 8;
 /// zstd level for kept uploads: fast, and NextChat JSON still shrinks several-fold.
 const SNAPSHOT_ZSTD_LEVEL: i32 = 3;
 
+/// Whole-state uploads parsed and merged at once per process: each holds its state as a
+/// value tree (~2× its size) plus the rows it compares with, so a burst of large uploads
+/// queues instead of taking the process's memory.
+const CONCURRENT_UPLOADS: usize = 2;
+
 /// The doors' shared parts, in [`AppState`].
 #[derive(Debug, Clone)]
 pub struct NextChat {
     pub sealer: Arc<Sealer>,
     pub downloads: Arc<Downloads>,
+    uploads: Arc<Semaphore>,
 }
 
 impl NextChat {
@@ -71,7 +78,17 @@ impl NextChat {
         Self {
             sealer: Arc::new(sealer),
             downloads: Arc::new(Downloads::default()),
+            uploads: Arc::new(Semaphore::new(CONCURRENT_UPLOADS)),
         }
+    }
+
+    /// Waits for a turn to parse and merge a whole state.
+    pub(crate) async fn upload_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
+        self.uploads
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)
     }
 }
 
@@ -434,6 +451,7 @@ pub async fn restore_snapshot(
         .snapshot_body(auth.user, id)
         .await?
         .ok_or_else(not_found)?;
+    let _turn = state.nextchat.upload_turn().await?;
     let snapshot = tokio::task::spawn_blocking(move || {
         let json = zstd::stream::decode_all(&body[..])?;
         serde_json::from_slice::<Value>(&json).map_err(std::io::Error::other)
@@ -495,6 +513,7 @@ pub async fn import(
     body: Body,
 ) -> Result<Json<MergeSummary>, ApiError> {
     check_format(&query)?;
+    let _turn = state.nextchat.upload_turn().await?;
     let upload = read_state(body, state.config.nextchat_max_upload_bytes).await?;
     Ok(Json(
         merge_upload(&state, auth.user, upload, Source::Import, None, None).await?,

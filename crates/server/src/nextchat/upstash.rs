@@ -150,6 +150,7 @@ async fn set(state: &AppState, auth: AppPasswordUser, key: Key, body: Body) -> R
                         format!("the chunk count is a number from 1 to {MAX_CHUNKS}"),
                     )
                 })?;
+            let _turn = state.nextchat.upload_turn().await?;
             let chunks = state.store.staged_chunks(auth.user, &name, count).await?;
             let mut joined = String::new();
             for (index, chunk) in chunks.into_iter().enumerate() {

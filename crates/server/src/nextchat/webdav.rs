@@ -133,6 +133,7 @@ async fn door(state: AppState, path: &str, method: Method, request: Request) -> 
             None => StatusCode::NOT_FOUND.into_response(),
         }),
         (Target::File, "PUT") => {
+            let _turn = state.nextchat.upload_turn().await?;
             let upload = read_state(body, state.config.nextchat_max_upload_bytes).await?;
             merge_upload(
                 &state,
