@@ -146,7 +146,12 @@ pub(crate) async fn run_apply<T: SyncTx>(
     {
         return Err(ApplyError::ConflictGone);
     }
-    let ids: Vec<&str> = mutations.iter().map(|m| m.mutation_id.as_str()).collect();
+    // Only device writes are remembered (server-made ids are random): look only those up.
+    let ids: Vec<&str> = mutations
+        .iter()
+        .filter(|m| m.hlc.is_some())
+        .map(|m| m.mutation_id.as_str())
+        .collect();
     let seen = tx.seen_mutations(user, &ids).await?;
     let mut keys: Vec<&RecordKey> = mutations.iter().map(|m| &m.key).collect();
     keys.sort();
