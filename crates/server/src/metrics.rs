@@ -27,32 +27,28 @@ impl std::fmt::Debug for Metrics {
     }
 }
 
-static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+static HANDLE: OnceLock<Result<PrometheusHandle, String>> = OnceLock::new();
 
 impl Metrics {
     pub fn install() -> anyhow::Result<Self> {
-        if let Some(handle) = HANDLE.get() {
-            return Ok(Self {
-                handle: handle.clone(),
-            });
-        }
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(LATENCY.to_owned()),
-                &[
-                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ],
-            )?
-            .build_recorder();
-        let handle = recorder.handle();
-        // Losing the race to another thread is fine: use whichever handle won.
-        if metrics::set_global_recorder(recorder).is_ok() {
-            let _ = HANDLE.set(handle);
-        }
-        let handle = HANDLE
-            .get()
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("another metrics recorder is installed"))?;
+        // `get_or_init` makes concurrent callers (tests start servers in parallel) wait for the
+        // one that installs, instead of racing it to the global recorder.
+        let installed = HANDLE.get_or_init(|| {
+            let recorder = PrometheusBuilder::new()
+                .set_buckets_for_metric(
+                    Matcher::Full(LATENCY.to_owned()),
+                    &[
+                        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                    ],
+                )
+                .map_err(|e| e.to_string())?
+                .build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder)
+                .map_err(|_| "another metrics recorder is installed".to_owned())?;
+            Ok(handle)
+        });
+        let handle = installed.clone().map_err(|e| anyhow::anyhow!(e))?;
         Ok(Self { handle })
     }
 
