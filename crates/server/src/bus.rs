@@ -1,8 +1,10 @@
 //! The change bus: "user U is now at seq N", published after every commit, and "user U signed
-//! a device out". It carries no data: every reader reads the store from its own cursor (and a
-//! socket re-checks its device in the store), so a lost or duplicated notice can delay a feed
-//! or a disconnect but never corrupt anything. [`LocalBus`] serves one process; the realtime
-//! issue adds Redis.
+//! a device out". Readers read the store from their own cursor (and a socket re-checks its
+//! device in the store), so a lost or duplicated notice can delay a feed or a disconnect but
+//! never corrupt anything. One shortcut: a local commit's notice carries its [`LivePage`], the
+//! frame a reader exactly at the commit's starting seq would read, so the sockets of one
+//! account share one serialization instead of each reading the store. [`LocalBus`] serves one
+//! process; [`RedisBus`] several.
 
 use futures::StreamExt;
 use nextsync_core::ids::{Seq, UserId};
@@ -12,10 +14,14 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Notice {
-    /// `user`'s feed reached `head`.
-    Changed { user: UserId, head: Seq },
+    /// `user`'s feed reached `head`; with the commit's page when it was made here.
+    Changed {
+        user: UserId,
+        head: Seq,
+        page: Option<Arc<LivePage>>,
+    },
     /// Some device of `user` may have been signed out (logout, removal, password change or
     /// reset, refresh-token theft, account deletion): open sockets re-check theirs.
     SignedOut { user: UserId },
@@ -23,6 +29,26 @@ pub enum Notice {
     /// store. Local only; never published.
     Resync,
 }
+
+/// What one commit appended to a user's feed, as the `changes` frame a socket whose cursor is
+/// exactly `from` sends next (records `from+1 ..= head`; a commit's seqs are contiguous).
+/// Built once per commit while someone listens; local only, never published.
+#[derive(Debug)]
+pub struct LivePage {
+    pub epoch: String,
+    pub from: Seq,
+    pub head: Seq,
+    /// The serialized frame.
+    pub frame: axum::extract::ws::Utf8Bytes,
+}
+
+impl PartialEq for LivePage {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.epoch, self.from, self.head) == (&other.epoch, other.from, other.head)
+    }
+}
+
+impl Eq for LivePage {}
 
 pub trait Bus: std::fmt::Debug + Send + Sync {
     /// Tells every subscriber that `user`'s feed reached `head`. Never blocks.
@@ -35,6 +61,8 @@ pub trait Bus: std::fmt::Debug + Send + Sync {
     fn is_healthy(&self) -> bool {
         true
     }
+    /// Whether anyone here reads `user`'s notices (worth building a [`LivePage`] for).
+    fn is_listening(&self, user: UserId) -> bool;
 }
 
 /// Routes notices to the readers of their user: with 10,000 sockets open, a write wakes the
@@ -66,8 +94,13 @@ impl Hub {
                     users.remove(&user);
                 }
             }
-            Notice::Resync => users.retain(|_, tx| tx.send(notice).is_ok()),
+            Notice::Resync => users.retain(|_, tx| tx.send(Notice::Resync).is_ok()),
         }
+    }
+
+    pub fn is_listening(&self, user: UserId) -> bool {
+        let users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        users.get(&user).is_some_and(|tx| tx.receiver_count() > 0)
     }
 }
 
@@ -89,6 +122,10 @@ impl Bus for LocalBus {
 
     fn subscribe(&self, user: UserId) -> broadcast::Receiver<Notice> {
         self.hub.subscribe(user)
+    }
+
+    fn is_listening(&self, user: UserId) -> bool {
+        self.hub.is_listening(user)
     }
 }
 
@@ -130,9 +167,9 @@ impl RedisBus {
 
 impl Bus for RedisBus {
     fn notify(&self, notice: Notice) {
-        self.local.deliver(notice);
         // A full queue means Redis is slow or gone: the notice is a hint, readers recheck.
-        let _ = self.outgoing.try_send(notice);
+        let _ = self.outgoing.try_send(notice.clone());
+        self.local.deliver(notice);
     }
 
     fn subscribe(&self, user: UserId) -> broadcast::Receiver<Notice> {
@@ -142,6 +179,10 @@ impl Bus for RedisBus {
     fn is_healthy(&self) -> bool {
         self.healthy.load(Ordering::Relaxed)
     }
+
+    fn is_listening(&self, user: UserId) -> bool {
+        self.local.is_listening(user)
+    }
 }
 
 const RETRY: Duration = Duration::from_secs(1);
@@ -150,7 +191,7 @@ async fn publish(client: redis::Client, mut queue: mpsc::Receiver<Notice>, insta
     let mut connection = None;
     while let Some(notice) = queue.recv().await {
         let message = match notice {
-            Notice::Changed { user, head } => format!("{instance} changed {user} {head}"),
+            Notice::Changed { user, head, .. } => format!("{instance} changed {user} {head}"),
             Notice::SignedOut { user } => format!("{instance} signed_out {user}"),
             Notice::Resync => continue,
         };
@@ -218,6 +259,7 @@ fn decode(text: &str, instance: &str) -> Option<Notice> {
         ("changed", user, Some(head)) => Some(Notice::Changed {
             user,
             head: Seq(head.parse().ok()?),
+            page: None,
         }),
         ("signed_out", user, None) => Some(Notice::SignedOut { user }),
         _ => None,
@@ -233,7 +275,11 @@ mod tests {
         let user = UserId::new();
         assert_eq!(
             decode(&format!("b changed {user} 42"), "a"),
-            Some(Notice::Changed { user, head: Seq(42) })
+            Some(Notice::Changed {
+                user,
+                head: Seq(42),
+                page: None
+            })
         );
         assert_eq!(
             decode(&format!("b signed_out {user}"), "a"),

@@ -9,7 +9,7 @@
 //! - `GET|PUT|DELETE /v1/records/{collection}/{id}` with `ETag`/`If-Match` (optimistic locking)
 
 use crate::auth::AuthUser;
-use crate::bus::Notice;
+use crate::bus::{LivePage, Notice};
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use nextsync_core::api::{
     Choice, ConflictList, ConflictView, ErrorBody, PullResponse, PushRequest, PushResponse, PutRecordRequest,
-    RecordView, ResolveRequest,
+    RecordView, ResolveRequest, ServerFrame,
 };
 use nextsync_core::cursor::Cursor;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
@@ -33,6 +33,7 @@ use nextsync_store::nextchat::UploadExtras;
 use nextsync_store::sync::{Applied, ApplyError, Conflict};
 use serde::Deserialize;
 use serde_json::Value;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::broadcast;
 
@@ -66,13 +67,47 @@ pub async fn apply(
         .apply(user, mutations, Timestamp::now(), resolves)
         .await
         .map_err(apply_error)?;
-    if !applied.changed.is_empty() {
-        state.bus.notify(Notice::Changed {
-            user,
-            head: applied.head,
-        });
-    }
+    announce(state, user, &applied);
     Ok(applied)
+}
+
+/// Tells the bus about a commit, with its [`LivePage`] when someone here listens and it fits
+/// one page (a bigger commit is read from the store, page by page).
+fn announce(state: &AppState, user: UserId, applied: &Applied) {
+    if applied.changed.is_empty() {
+        return;
+    }
+    let page = (applied.changed.len() <= crate::ws::PAGE as usize && state.bus.is_listening(user))
+        .then(|| live_page(applied))
+        .flatten();
+    state.bus.notify(Notice::Changed {
+        user,
+        head: applied.head,
+        page,
+    });
+}
+
+fn live_page(applied: &Applied) -> Option<Arc<LivePage>> {
+    let from = Seq(applied.head.0.checked_sub(applied.changed.len() as u64)?);
+    let cursor = Cursor {
+        epoch: applied.epoch.clone(),
+        seq: applied.head,
+    };
+    let frame = ServerFrame::Changes {
+        changes: applied
+            .changed
+            .iter()
+            .map(|(key, record)| record_view(key, record))
+            .collect(),
+        cursor: cursor.encode(),
+    };
+    let text = serde_json::to_string(&frame).ok()?;
+    Some(Arc::new(LivePage {
+        epoch: applied.epoch.clone(),
+        from,
+        head: applied.head,
+        frame: text.into(),
+    }))
 }
 
 /// [`apply`] for a NextChat upload: the same write path plus the upload's bookkeeping in the
@@ -88,12 +123,7 @@ pub async fn apply_upload(
         .store
         .apply_upload(user, mutations, Timestamp::now(), extras)
         .await?;
-    if !applied.changed.is_empty() {
-        state.bus.notify(Notice::Changed {
-            user,
-            head: applied.head,
-        });
-    }
+    announce(state, user, &applied);
     Ok(applied)
 }
 
@@ -140,7 +170,7 @@ async fn changed_after(
     loop {
         tokio::select! {
             notice = notices.recv() => match notice {
-                Ok(Notice::Changed { user: u, head }) if u == user && head > seq => return,
+                Ok(Notice::Changed { user: u, head, .. }) if u == user && head > seq => return,
                 Ok(Notice::Resync) | Err(broadcast::error::RecvError::Lagged(_)) => return,
                 Ok(_) => {}
                 // The bus is gone (shutdown): let the deadline answer.

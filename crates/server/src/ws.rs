@@ -41,7 +41,7 @@ const RECHECK: Duration = Duration::from_secs(30);
 /// Re-check interval while the bus cannot hear other instances (Redis down).
 const DEGRADED_RECHECK: Duration = Duration::from_secs(2);
 /// Records per `changes` frame.
-const PAGE: u32 = 500;
+pub(crate) const PAGE: u32 = 500;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/v1/sync/ws", get(open_socket))
@@ -103,8 +103,12 @@ struct Connection {
 impl Connection {
     async fn send(&mut self, frame: &ServerFrame) -> Result<(), Close> {
         let text = serde_json::to_string(frame).map_err(|_| close("internal", "cannot encode a frame"))?;
+        self.send_text(Utf8Bytes::from(text)).await
+    }
+
+    async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Close> {
         self.socket
-            .send(Message::Text(Utf8Bytes::from(text)))
+            .send(Message::Text(text))
             .await
             .map_err(|_| close("gone", "the peer went away"))
     }
@@ -139,8 +143,15 @@ impl Connection {
             tokio::select! {
                 () = sleep_until(expires_at) => return Err(close("token_expired", "the access token expired; reconnect with a fresh one")),
                 notice = notices.recv() => match notice {
-                    Ok(Notice::Changed { user, head }) if user == auth.user && head > cursor.seq => {
-                        cursor = self.catch_up(auth, Some(cursor), false).await?;
+                    Ok(Notice::Changed { user, head, page }) if user == auth.user && head > cursor.seq => {
+                        cursor = match page {
+                            // Exactly what reading the store from here would send.
+                            Some(page) if page.from == cursor.seq && page.epoch == cursor.epoch => {
+                                self.send_text(page.frame.clone()).await?;
+                                Cursor { epoch: cursor.epoch, seq: page.head }
+                            }
+                            _ => self.catch_up(auth, Some(cursor), false).await?,
+                        };
                     }
                     Ok(Notice::SignedOut { user }) if user == auth.user => ensure_signed_in(&self.state, auth).await?,
                     Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {

@@ -583,7 +583,7 @@ async fn compressed_pushes_are_accepted_and_the_bus_hears_commits(db: TestDb) {
         .expect("notice")
         .expect("bus");
     match notice {
-        nextsync_server::bus::Notice::Changed { user, head } => {
+        nextsync_server::bus::Notice::Changed { user, head, .. } => {
             assert_eq!((user.to_string(), head.0), (s.user_id.clone(), 1));
         }
         other => panic!("expected a change notice, got {other:?}"),
