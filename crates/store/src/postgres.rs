@@ -76,6 +76,21 @@ impl PgStore {
     async fn begin_write(&self) -> Result<PgTx, StoreError> {
         Ok(PgTx(self.pool.begin().await?))
     }
+
+    /// One apply, one transaction: PostgreSQL overlaps the commits of concurrent
+    /// transactions itself.
+    async fn commit_apply(
+        &self,
+        user: UserId,
+        mutations: Vec<nextsync_core::push::Mutation>,
+        now: Timestamp,
+        resolves: Option<ConflictId>,
+    ) -> Result<crate::sync::Applied, crate::sync::ApplyError> {
+        let mut tx = self.begin_write().await?;
+        let applied = crate::sync::run_apply(&mut tx, user, mutations, now, resolves).await?;
+        tx.0.commit().await.map_err(StoreError::from)?;
+        Ok(applied)
+    }
 }
 
 #[async_trait]

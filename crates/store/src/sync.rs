@@ -329,10 +329,8 @@ macro_rules! impl_shared_sync {
                 now: Timestamp,
                 resolves: Option<ConflictId>,
             ) -> Result<Applied, ApplyError> {
-                let mut tx = self.begin_write().await?;
-                let applied = run_apply(&mut tx, user, mutations, now, resolves).await?;
-                tx.0.commit().await.map_err(StoreError::from)?;
-                Ok(applied)
+                // Per backend: one transaction per apply (PostgreSQL), or group commit (SQLite).
+                self.commit_apply(user, mutations, now, resolves).await
             }
 
             async fn pull(&self, user: UserId, since: Seq, limit: u32) -> Result<Feed, StoreError> {

@@ -48,6 +48,7 @@ both_backends!(
     a_conflict_resolves_once,
     users_never_see_each_others_records,
     concurrent_writers_never_let_a_reader_skip_a_change,
+    concurrent_applies_commit_or_refuse_each_on_its_own,
 );
 
 async fn pushes_land_in_the_feed_once_each_in_seq_order(db: TestDb) {
@@ -320,4 +321,51 @@ async fn concurrent_writers_never_let_a_reader_skip_a_change(db: TestDb) {
         .expect("the reader saw every change: none was skipped")
         .expect("reader");
     assert!(seen.values().all(|&n| n == 1), "each record once");
+}
+
+/// Many applies at once (on SQLite they share group commits): each refused one leaves
+/// nothing, each accepted one is in its user's feed exactly once, in seq order.
+async fn concurrent_applies_commit_or_refuse_each_on_its_own(db: TestDb) {
+    let store = db.store().await;
+    let mut users = Vec::new();
+    for n in 0..4 {
+        users.push(user(&*store, &format!("u{n}@example.org")).await);
+    }
+    let mut tasks = Vec::new();
+    for n in 0..40u64 {
+        let (store, u) = (store.clone(), users[(n % 4) as usize]);
+        tasks.push(tokio::spawn(async move {
+            let mut m = upsert(&format!("m{n}"), &format!("r{n}"), 1000 + n, json!({ "n": n }));
+            // Every fifth apply carries a precondition that cannot hold.
+            let refused = n % 5 == 0;
+            if refused {
+                m.precondition = Some(Precondition::Seq(Seq(999)));
+            }
+            let result = store.apply(u, vec![m], Timestamp::now(), None).await;
+            (n, refused, result)
+        }));
+    }
+    let mut accepted: HashMap<UserId, Vec<u64>> = HashMap::new();
+    for task in tasks {
+        let (n, refused, result) = task.await.expect("task");
+        match (refused, result) {
+            (true, Err(ApplyError::PreconditionFailed { .. })) => {}
+            (false, Ok(_)) => accepted.entry(users[(n % 4) as usize]).or_default().push(n),
+            (refused, other) => panic!("apply {n} (refused: {refused}): {other:?}"),
+        }
+    }
+    for u in users {
+        let feed = store.pull(u, Seq(0), 100).await.expect("pull");
+        let seqs: Vec<u64> = feed.records.iter().map(|(_, r)| r.seq.0).collect();
+        assert_eq!(
+            seqs,
+            (1..=seqs.len() as u64).collect::<Vec<_>>(),
+            "gapless, in order"
+        );
+        let mut ids: Vec<String> = feed.records.iter().map(|(k, _)| k.id.clone()).collect();
+        ids.sort();
+        let mut expected: Vec<String> = accepted[&u].iter().map(|n| format!("r{n}")).collect();
+        expected.sort();
+        assert_eq!(ids, expected);
+    }
 }
