@@ -99,6 +99,7 @@ pub async fn run(config: Config, command: AdminCommand) -> anyhow::Result<()> {
         UserCommand::Disable { email } => {
             let user = find(&*store, &email).await?;
             store.set_user_disabled(user, Some(Timestamp::now())).await?;
+            signed_out(&config, user).await;
             println!("disabled {email}");
         }
         UserCommand::Enable { email } => {
@@ -112,6 +113,7 @@ pub async fn run(config: Config, command: AdminCommand) -> anyhow::Result<()> {
                 bail!("this deletes {email} and all of its data; repeat with --yes to confirm");
             }
             store.delete_user(user).await?;
+            signed_out(&config, user).await;
             println!("deleted {email}");
         }
         UserCommand::SetPassword {
@@ -125,6 +127,7 @@ pub async fn run(config: Config, command: AdminCommand) -> anyhow::Result<()> {
             store
                 .set_password(user, &password_hash, None, Timestamp::now())
                 .await?;
+            signed_out(&config, user).await;
             println!("password of {email} changed; every device signed out");
             if generated {
                 println!("password: {}", password.expose());
@@ -132,6 +135,24 @@ pub async fn run(config: Config, command: AdminCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Tells running instances that `user`'s devices were signed out, so open sockets close at
+/// once. Only through Redis (`--redis-url`): without it sockets notice at their next store
+/// re-check (30 s).
+async fn signed_out(config: &Config, user: UserId) {
+    let Some(url) = &config.redis_url else {
+        return;
+    };
+    let notice = nextsync_server::bus::Notice::SignedOut { user };
+    let published = tokio::time::timeout(
+        std::time::Duration::from_secs(3),
+        nextsync_server::bus::publish_once(url.expose(), &notice),
+    )
+    .await;
+    if !matches!(published, Ok(Ok(()))) {
+        eprintln!("warning: Redis did not take the sign-out notice; open sockets close within 30 s");
+    }
 }
 
 async fn find(store: &dyn Store, email: &str) -> anyhow::Result<UserId> {

@@ -582,5 +582,25 @@ async fn two_instances_on_postgres_and_redis_are_one_service() {
     );
     let (status, _) = api_b.get("/readyz", None).await;
     assert_eq!(status, StatusCode::OK);
+
+    // An operator disabling the account from outside the service: `nextsync admin` with the
+    // service's Redis closes the account's sockets on every instance at once.
+    let started = std::time::Instant::now();
+    let mut cmd = nextsync(dirs[0].path());
+    cmd.arg("admin")
+        .args(["--database-url", db.database_url().expect("postgres")])
+        .args(["--redis-url", &format!("redis://127.0.0.1:{redis_port}")])
+        .args(["user", "disable", "ann@example.org"]);
+    let out = run(cmd, None);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let frame = ws::recv(&mut socket, Duration::from_secs(2))
+        .await
+        .expect("error frame");
+    assert_eq!(frame["code"], "token_revoked", "{frame}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
     redis.stop();
 }

@@ -187,13 +187,34 @@ impl Bus for RedisBus {
 
 const RETRY: Duration = Duration::from_secs(1);
 
+/// The wire form of a notice (see [`CHANNEL`]); `None` for the local-only `Resync`.
+fn encode(notice: &Notice, instance: &str) -> Option<String> {
+    match notice {
+        Notice::Changed { user, head, .. } => Some(format!("{instance} changed {user} {head}")),
+        Notice::SignedOut { user } => Some(format!("{instance} signed_out {user}")),
+        Notice::Resync => None,
+    }
+}
+
+/// Publishes one notice to every instance of a service from outside it (`nextsync admin`
+/// signing a user out), returning once Redis took it.
+pub async fn publish_once(url: &str, notice: &Notice) -> anyhow::Result<()> {
+    let message = encode(notice, "admin").ok_or_else(|| anyhow::anyhow!("a local-only notice"))?;
+    let client = redis::Client::open(url).map_err(|e| anyhow::anyhow!("invalid Redis URL: {e}"))?;
+    let mut connection = client.get_multiplexed_async_connection().await?;
+    redis::cmd("PUBLISH")
+        .arg(CHANNEL)
+        .arg(message)
+        .query_async::<()>(&mut connection)
+        .await?;
+    Ok(())
+}
+
 async fn publish(client: redis::Client, mut queue: mpsc::Receiver<Notice>, instance: String) {
     let mut connection = None;
     while let Some(notice) = queue.recv().await {
-        let message = match notice {
-            Notice::Changed { user, head, .. } => format!("{instance} changed {user} {head}"),
-            Notice::SignedOut { user } => format!("{instance} signed_out {user}"),
-            Notice::Resync => continue,
+        let Some(message) = encode(&notice, &instance) else {
+            continue;
         };
         if connection.is_none() {
             connection = client.get_connection_manager().await.ok();
