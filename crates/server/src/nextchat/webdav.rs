@@ -66,7 +66,9 @@ async fn proxy_door(
     request: Request,
 ) -> Result<Response, ApiError> {
     let proxy_method = query.as_deref().and_then(|q| {
-        form_urlencoded_pairs(q)
+        serde_urlencoded::from_str::<Vec<(String, String)>>(q)
+            .ok()?
+            .into_iter()
             .find(|(k, _)| k == "proxy_method")
             .map(|(_, v)| v)
     });
@@ -85,13 +87,6 @@ async fn plain_door(
 ) -> Result<Response, ApiError> {
     let method = request.method().clone();
     door(state, &path, method, request).await
-}
-
-/// `key=value` pairs of a query string, percent-decoded.
-fn form_urlencoded_pairs(query: &str) -> impl Iterator<Item = (String, String)> + '_ {
-    serde_urlencoded::from_str::<Vec<(String, String)>>(query)
-        .unwrap_or_default()
-        .into_iter()
 }
 
 async fn door(state: AppState, path: &str, method: Method, request: Request) -> Result<Response, ApiError> {
