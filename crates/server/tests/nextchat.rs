@@ -371,6 +371,11 @@ async fn app_password(api: &Api, session: &Session) -> String {
     body["password"].as_str().expect("password").to_owned()
 }
 
+async fn put_settings(api: &Api, session: &Session, body: Value) -> (StatusCode, Value) {
+    api.send(Method::PUT, "/v1/nextchat/settings", session.token(), Some(body))
+        .await
+}
+
 /// The server's own view of the state: what a fresh device would download.
 async fn server_state(api: &Api, session: &Session) -> Value {
     let (status, body) = api.get("/v1/export?format=nextchat", session.token()).await;
@@ -978,14 +983,7 @@ async fn bad_uploads_are_refused_whole(db: TestDb) {
     state["access-control"] = polluting.clone();
     state["chat-next-web-store"]["sessions"][0]["messages"][0]["__proto__"] = json!({"polluted": true});
     state["mask-store"]["masks"] = json!({"m1": {"id": "m1", "name": "M", "__proto__": {"p": 1}}});
-    let (status, _) = api
-        .send(
-            Method::PUT,
-            "/v1/nextchat/settings",
-            ann.token(),
-            Some(json!({"sync_settings": true})),
-        )
-        .await;
+    let (status, _) = put_settings(&api, &ann, json!({"sync_settings": true})).await;
     assert_eq!(status, StatusCode::OK);
     assert!(put(state.to_string()).await.status().is_success());
     let downloaded = laptop.get().await;
@@ -1017,14 +1015,7 @@ async fn settings_and_secrets_sync_only_when_the_account_opts_in(db: TestDb) {
     assert_eq!(parsed["access-control"], json!({}));
 
     // Settings on, secrets off: the theme travels, the keys never.
-    let (status, settings) = api
-        .send(
-            Method::PUT,
-            "/v1/nextchat/settings",
-            ann.token(),
-            Some(json!({"sync_settings": true})),
-        )
-        .await;
+    let (status, settings) = put_settings(&api, &ann, json!({"sync_settings": true})).await;
     assert_eq!(status, StatusCode::OK, "{settings}");
     laptop.sync().await;
     let mut phone = Device::webdav(&api, "ann@example.com", &password, nextchat_state(vec![]));
@@ -1035,14 +1026,7 @@ async fn settings_and_secrets_sync_only_when_the_account_opts_in(db: TestDb) {
     assert!(!phone.get().await.contains(KEY));
 
     // Secrets on: sealed at rest, served back to the account's devices, never exported.
-    let (status, _) = api
-        .send(
-            Method::PUT,
-            "/v1/nextchat/settings",
-            ann.token(),
-            Some(json!({"sync_secrets": true})),
-        )
-        .await;
+    let (status, _) = put_settings(&api, &ann, json!({"sync_secrets": true})).await;
     assert_eq!(status, StatusCode::OK);
     laptop.sync().await;
     let mut tablet = Device::webdav(&api, "ann@example.com", &password, nextchat_state(vec![]));
@@ -1066,24 +1050,10 @@ async fn settings_and_secrets_sync_only_when_the_account_opts_in(db: TestDb) {
     }
 
     // Secrets off again: the kept ones are gone.
-    let (status, _) = api
-        .send(
-            Method::PUT,
-            "/v1/nextchat/settings",
-            ann.token(),
-            Some(json!({"sync_secrets": false})),
-        )
-        .await;
+    let (status, _) = put_settings(&api, &ann, json!({"sync_secrets": false})).await;
     assert_eq!(status, StatusCode::OK);
     assert!(!phone.get().await.contains(KEY));
-    let (status, body) = api
-        .send(
-            Method::PUT,
-            "/v1/nextchat/settings",
-            ann.token(),
-            Some(json!({"sync_everything": true})),
-        )
-        .await;
+    let (status, body) = put_settings(&api, &ann, json!({"sync_everything": true})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
 }
 
