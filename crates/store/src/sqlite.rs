@@ -162,7 +162,11 @@ async fn group_commits(writer: SqlitePool, mut queue: mpsc::Receiver<ApplyJob>) 
                 Err(_) => break,
             }
         }
-        commit_group(&writer, group).await;
+        // A panic in one group (a bug) fails its applies, not every later one.
+        let committed = std::panic::AssertUnwindSafe(commit_group(&writer, group));
+        if futures::FutureExt::catch_unwind(committed).await.is_err() {
+            tracing::error!("a group commit panicked; its applies failed");
+        }
     }
 }
 
