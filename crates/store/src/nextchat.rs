@@ -341,15 +341,13 @@ macro_rules! impl_nextchat_store {
                         .bind(&secret.sealed)
                         .bind(now.as_millis())
                         .execute(&mut *tx.0)
-                        .await
-                        .map_err(StoreError::from)?;
+                        .await?;
                 }
                 if let Some(snapshot) = &extras.snapshot {
                     let newest: Option<String> = sqlx::query_scalar(NEWEST_DIGEST)
                         .bind(user.as_uuid())
                         .fetch_optional(&mut *tx.0)
-                        .await
-                        .map_err(StoreError::from)?;
+                        .await?;
                     if newest.as_deref() != Some(snapshot.digest.as_str()) {
                         let info = &snapshot.info;
                         sqlx::query(INSERT_SNAPSHOT)
@@ -363,14 +361,12 @@ macro_rules! impl_nextchat_store {
                             .bind(&snapshot.digest)
                             .bind(&snapshot.body)
                             .execute(&mut *tx.0)
-                            .await
-                            .map_err(StoreError::from)?;
+                            .await?;
                         sqlx::query(PRUNE_SNAPSHOTS)
                             .bind(user.as_uuid())
                             .bind(SNAPSHOTS_KEPT)
                             .execute(&mut *tx.0)
-                            .await
-                            .map_err(StoreError::from)?;
+                            .await?;
                     }
                 }
                 if let Some(name) = &extras.committed_staging {
@@ -378,16 +374,14 @@ macro_rules! impl_nextchat_store {
                         .bind(user.as_uuid())
                         .bind(name)
                         .execute(&mut *tx.0)
-                        .await
-                        .map_err(StoreError::from)?;
+                        .await?;
                 }
                 sqlx::query(CREATE_FOLDER)
                     .bind(user.as_uuid())
                     .bind(now.as_millis())
                     .execute(&mut *tx.0)
-                    .await
-                    .map_err(StoreError::from)?;
-                tx.0.commit().await.map_err(StoreError::from)?;
+                    .await?;
+                tx.0.commit().await?;
                 Ok(applied)
             }
 

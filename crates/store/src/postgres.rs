@@ -88,7 +88,7 @@ impl PgStore {
     ) -> Result<crate::sync::Applied, crate::sync::ApplyError> {
         let mut tx = self.begin_write().await?;
         let applied = crate::sync::run_apply(&mut tx, user, mutations, now, resolves).await?;
-        tx.0.commit().await.map_err(StoreError::from)?;
+        tx.0.commit().await?;
         Ok(applied)
     }
 }

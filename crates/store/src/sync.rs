@@ -64,6 +64,12 @@ pub enum ApplyError {
     Clock(#[source] HlcError),
 }
 
+impl From<sqlx::Error> for ApplyError {
+    fn from(err: sqlx::Error) -> Self {
+        Self::Store(err.into())
+    }
+}
+
 /// One page of a user's feed.
 #[derive(Debug, Clone)]
 pub struct Feed {

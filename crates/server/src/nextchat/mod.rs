@@ -211,7 +211,7 @@ fn prepare(mut state: Value, source: Source) -> Result<Prepared, ApiError> {
     let digest: String = Sha256::digest(&json).iter().map(|b| format!("{b:02x}")).collect();
     let bytes = i64::try_from(json.len()).unwrap_or(i64::MAX);
     drop(json);
-    let backup = Backup::from_value(state).map_err(invalid_state)?;
+    let backup = Backup::from_sanitized(state).map_err(invalid_state)?;
     let snapshot = (source != Source::Restore).then(|| NewSnapshot {
         info: SnapshotInfo {
             id: SnapshotId::new(),
@@ -236,7 +236,7 @@ fn prepare(mut state: Value, source: Source) -> Result<Prepared, ApiError> {
 fn reparse(compressed: &[u8]) -> Result<Backup, ApiError> {
     let json = zstd::stream::decode_all(compressed).map_err(ApiError::internal)?;
     let state: Value = serde_json::from_slice(&json).map_err(ApiError::internal)?;
-    Backup::from_value(state).map_err(invalid_state)
+    Backup::from_sanitized(state).map_err(invalid_state)
 }
 
 /// Merges a whole NextChat state into `user`'s records (NEXTCHAT.md §7.4): union by id,

@@ -127,13 +127,13 @@ async fn set(state: &AppState, auth: AppPasswordUser, key: Key, body: Body) -> R
             format!("a value may be at most {limit} bytes"),
         )
     })?;
-    let text = String::from_utf8(bytes.to_vec())
+    let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad_request("invalid_value", "values are UTF-8 text"))?;
     match key {
         Key::Chunk(name, index) => {
             state
                 .store
-                .stage_chunk(auth.user, &name, index, &text, Timestamp::now())
+                .stage_chunk(auth.user, &name, index, text, Timestamp::now())
                 .await?;
             Ok(result(Value::String("OK".to_owned())))
         }
