@@ -30,9 +30,6 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Bench {
-    /// Push records/s for batches of 1, 100 and 1000 and pull throughput, on SQLite and
-    /// PostgreSQL (skipped without one; `NEXTSYNC_TEST_DATABASE_URL`), and the bytes on the wire
-    /// for syncing one new message beside NextChat's whole-state sync.
     /// The live feed: push → socket latency on one and two instances, memory per idle socket,
     /// delivery under load. Needs the release `nextsync` binary beside this one.
     Realtime {
@@ -64,6 +61,9 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// Push records/s for batches of 1, 100 and 1000 and pull throughput, on SQLite and
+    /// PostgreSQL (skipped without one; `NEXTSYNC_TEST_DATABASE_URL`), and the bytes on the wire
+    /// for syncing one new message beside NextChat's whole-state sync.
     Sync {
         /// Seconds per batch size per round.
         #[arg(long, default_value_t = 3)]

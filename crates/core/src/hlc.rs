@@ -93,6 +93,27 @@ pub fn validate_node(node: &str) -> Result<(), HlcError> {
     if ok { Ok(()) } else { Err(HlcError::BadNode) }
 }
 
+impl Hlc {
+    /// Appends the stamp's text (its `Display` form) to `out`. Every stored field writes its
+    /// stamp, so this skips the formatting machinery: both numbers have fixed widths
+    /// (`ms` ≤ [`MAX_MS`], `counter` ≤ [`MAX_COUNTER`], enforced at construction).
+    pub fn write_text(&self, out: &mut Vec<u8>) {
+        let mut numbers = [b'-'; 22];
+        fill_digits(&mut numbers[..15], self.ms);
+        fill_digits(&mut numbers[16..21], u64::from(self.counter));
+        out.extend_from_slice(&numbers);
+        out.extend_from_slice(self.node.as_bytes());
+    }
+}
+
+/// Writes `n` as decimal digits filling `slot`, zero-padded on the left.
+fn fill_digits(slot: &mut [u8], mut n: u64) {
+    for digit in slot.iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
+        n /= 10;
+    }
+}
+
 impl fmt::Display for Hlc {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{:015}-{:05}-{}", self.ms, self.counter, self.node)
@@ -199,6 +220,16 @@ mod tests {
             (1_764_172_800_000, 3, "laptop")
         );
         assert_eq!(hlc.to_string(), "001764172800000-00003-laptop");
+    }
+
+    proptest! {
+        #[test]
+        fn write_text_is_the_display_form(ms in 0..=MAX_MS, counter in 0..=MAX_COUNTER, node in "[A-Za-z0-9_-]{1,64}") {
+            let hlc = Hlc::new(ms, counter, &node).expect("valid");
+            let mut text = Vec::new();
+            hlc.write_text(&mut text);
+            prop_assert_eq!(String::from_utf8(text).expect("ascii"), hlc.to_string());
+        }
     }
 
     #[test]

@@ -200,7 +200,6 @@ impl StoredRecord {
     /// The storage encoding of the fields: `{"name":{"v":value,"h":"stamp","s":seq}}`. This is
     /// a storage format: readers must keep accepting every form ever written.
     pub fn encode_fields(&self) -> String {
-        use std::io::Write as _;
         // Written straight into one buffer: this runs for every stored record, and building a
         // `serde_json::Map` first cloned every value.
         let mut out: Vec<u8> = Vec::with_capacity(128 * self.record.fields.len() + 2);
@@ -214,7 +213,11 @@ impl StoredRecord {
             let _ = serde_json::to_writer(&mut out, name);
             out.extend_from_slice(br#":{"v":"#);
             let _ = serde_json::to_writer(&mut out, &field.value);
-            let _ = write!(out, r#","h":"{}","s":{seq}}}"#, field.hlc);
+            out.extend_from_slice(br#","h":""#);
+            field.hlc.write_text(&mut out);
+            out.extend_from_slice(br#"","s":"#);
+            let _ = serde_json::to_writer(&mut out, &seq);
+            out.push(b'}');
         }
         out.push(b'}');
         String::from_utf8(out).unwrap_or_default()

@@ -11,7 +11,7 @@ pub enum StoreError {
     Conflict { constraint: String },
     /// The database cannot be reached or the pool is exhausted.
     #[error("database unavailable")]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(#[source] Box<dyn std::error::Error + Send + Sync>),
     /// Schema migration failed.
     #[error("database migration failed")]
     Migrate(#[from] sqlx::migrate::MigrateError),
@@ -20,6 +20,21 @@ pub enum StoreError {
     Corrupt(String),
     #[error("database error")]
     Database(#[source] sqlx::Error),
+    /// An error of the SQLite apply writer, which talks to SQLite without sqlx.
+    #[error("database error")]
+    Sqlite(#[source] rusqlite::Error),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(err: rusqlite::Error) -> Self {
+        match err.sqlite_error_code() {
+            // Another process (`nextsync admin`) held the file past the busy timeout.
+            Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+                StoreError::Unavailable(err.into())
+            }
+            _ => StoreError::Sqlite(err),
+        }
+    }
 }
 
 impl From<sqlx::Error> for StoreError {
@@ -32,7 +47,7 @@ impl From<sqlx::Error> for StoreError {
             | sqlx::Error::Tls(_)
             | sqlx::Error::PoolTimedOut
             | sqlx::Error::PoolClosed
-            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err),
+            | sqlx::Error::WorkerCrashed => StoreError::Unavailable(err.into()),
             _ => StoreError::Database(err),
         }
     }

@@ -50,7 +50,7 @@ pub struct PgStore {
 impl PgStore {
     /// Connects with a `postgres://` URL and runs pending migrations.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
-        let options = PgConnectOptions::from_str(url).map_err(StoreError::Unavailable)?;
+        let options = PgConnectOptions::from_str(url).map_err(|e| StoreError::Unavailable(e.into()))?;
         Self::connect_with(options, 16).await
     }
 

@@ -1,16 +1,19 @@
 //! [`SqliteStore`]: the embedded default, one file in the data dir.
 //!
-//! SQLite allows one writer at a time, so writes go through a pool of exactly one connection
-//! (no `SQLITE_BUSY` races between our own writers) while reads use a separate pool that WAL
-//! lets run beside the writer. `synchronous = FULL`: a write is on disk before it is
+//! SQLite allows one writer at a time, so writes take turns on a pool of exactly one
+//! connection (no `SQLITE_BUSY` races between our own writers; the apply writer thread
+//! borrows that connection as its turn) while reads use a separate pool that WAL lets run
+//! beside the writer. `synchronous = FULL`: a write is on disk before it is
 //! acknowledged, so neither a crash nor a power cut loses an acknowledged write.
 //!
-//! Applies are group-committed: one task takes every apply waiting at that moment (up to
-//! [`GROUP_MAX`]), runs each in a savepoint of one transaction, commits once and only then
-//! answers them. A refused apply rolls back to its savepoint alone. Under load many pushes
-//! share one fsync; alone, an apply commits at once as before.
+//! Applies are group-committed by the writer thread ([`writer`]): it takes every apply
+//! waiting at that moment (up to 64), runs each in a savepoint of one transaction, commits
+//! once and only then answers them. A refused apply rolls back to its savepoint alone. Under
+//! load many pushes share one fsync; alone, an apply commits at once.
 
-use crate::sync::{Applied, ApplyError, Conflict, SyncTx, run_apply};
+mod writer;
+
+use crate::sync::{Applied, ApplyError, Conflict, SyncTx};
 use crate::{Store, StoreError};
 use async_trait::async_trait;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
@@ -26,6 +29,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
+use writer::ApplyJob;
 
 /// Migrations, embedded in the binary. Never edit one that has landed: add the next.
 fn migrator() -> Migrator {
@@ -53,31 +57,12 @@ fn migrator() -> Migrator {
     ])
 }
 
-/// Most applies one group commit takes.
-const GROUP_MAX: usize = 64;
-
 #[derive(Debug, Clone)]
 pub struct SqliteStore {
     writer: SqlitePool,
     reader: SqlitePool,
-    /// The group committer's queue; it stops when the last handle is dropped.
+    /// The writer thread's queue; it stops when the last handle is dropped.
     applies: mpsc::Sender<ApplyJob>,
-}
-
-struct ApplyJob {
-    user: UserId,
-    mutations: Vec<Mutation>,
-    now: Timestamp,
-    resolves: Option<ConflictId>,
-    done: oneshot::Sender<Result<Applied, ApplyError>>,
-}
-
-impl std::fmt::Debug for ApplyJob {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ApplyJob")
-            .field("user", &self.user)
-            .finish_non_exhaustive()
-    }
 }
 
 impl SqliteStore {
@@ -97,8 +82,11 @@ impl SqliteStore {
             .page_size(16384)
             .pragma("cache_size", "-65536")
             .pragma("temp_store", "memory");
+        // The one connection is never tested on acquire: a local file cannot drop it, and the
+        // writer thread borrows it for every group commit.
         let writer = SqlitePoolOptions::new()
             .max_connections(1)
+            .test_before_acquire(false)
             .connect_with(options.clone())
             .await?;
         migrator().run(&writer).await?;
@@ -107,7 +95,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let (applies, queue) = mpsc::channel(1024);
-        tokio::spawn(group_commits(writer.clone(), queue));
+        writer::spawn(path, writer.clone(), queue)?;
         Ok(Self {
             writer,
             reader,
@@ -130,7 +118,7 @@ impl SqliteStore {
         Ok(SqliteTx(self.writer.begin_with("BEGIN IMMEDIATE").await?))
     }
 
-    /// Hands the apply to the group committer and waits for its commit.
+    /// Hands the apply to the writer thread and waits for its commit.
     async fn commit_apply(
         &self,
         user: UserId,
@@ -149,71 +137,6 @@ impl SqliteStore {
         let gone = || ApplyError::Store(StoreError::Database(sqlx::Error::PoolClosed));
         self.applies.send(job).await.map_err(|_| gone())?;
         answer.await.map_err(|_| gone())?
-    }
-}
-
-/// The group committer: see the module doc.
-async fn group_commits(writer: SqlitePool, mut queue: mpsc::Receiver<ApplyJob>) {
-    while let Some(first) = queue.recv().await {
-        let mut group = vec![first];
-        while group.len() < GROUP_MAX {
-            match queue.try_recv() {
-                Ok(job) => group.push(job),
-                Err(_) => break,
-            }
-        }
-        // A panic in one group (a bug) fails its applies, not every later one.
-        let committed = std::panic::AssertUnwindSafe(commit_group(&writer, group));
-        if futures::FutureExt::catch_unwind(committed).await.is_err() {
-            tracing::error!("a group commit panicked; its applies failed");
-        }
-    }
-}
-
-async fn commit_group(writer: &SqlitePool, group: Vec<ApplyJob>) {
-    let mut tx = match writer.begin_with("BEGIN IMMEDIATE").await {
-        Ok(tx) => SqliteTx(tx),
-        Err(e) => return fail_all(group.into_iter().map(|job| job.done), &e),
-    };
-    let mut answers = Vec::with_capacity(group.len());
-    for job in group {
-        let result = match sqlx::query("SAVEPOINT apply").execute(&mut *tx.0).await {
-            Ok(_) => run_apply(&mut tx, job.user, job.mutations, job.now, job.resolves).await,
-            Err(e) => Err(StoreError::from(e).into()),
-        };
-        let end: &[&str] = if result.is_ok() {
-            &["RELEASE apply"]
-        } else {
-            &["ROLLBACK TO apply", "RELEASE apply"]
-        };
-        for statement in end {
-            if let Err(e) = sqlx::query(*statement).execute(&mut *tx.0).await {
-                // The transaction is unusable: nothing of the group is committed.
-                answers.push((job.done, result));
-                return fail_all(answers.into_iter().map(|(done, _)| done), &e);
-            }
-        }
-        answers.push((job.done, result));
-    }
-    match tx.0.commit().await {
-        // Answered only now: an acknowledged apply is on disk.
-        Ok(()) => {
-            for (done, result) in answers {
-                let _ = done.send(result);
-            }
-        }
-        Err(e) => fail_all(answers.into_iter().map(|(done, _)| done), &e),
-    }
-}
-
-fn fail_all(
-    waiting: impl Iterator<Item = oneshot::Sender<Result<Applied, ApplyError>>>,
-    cause: &sqlx::Error,
-) {
-    let message = format!("group commit failed: {cause}");
-    for done in waiting {
-        let error = StoreError::from(sqlx::Error::Protocol(message.clone()));
-        let _ = done.send(Err(error.into()));
     }
 }
 

@@ -7,9 +7,10 @@
 //! with `BEGIN IMMEDIATE`), so seqs commit in order and a reader can never pass a seq that
 //! becomes visible later.
 //!
-//! The backends differ only in how a batch crosses the wire (a JSON array walked with
-//! `json_each` on SQLite, arrays with `UNNEST` on PostgreSQL); [`SyncTx`] hides that, and
-//! [`run_apply`] is the one orchestration both share.
+//! The backends differ only in how a batch reaches the database (arrays with `UNNEST` on
+//! PostgreSQL; on SQLite, row by row through prepared statements on the writer thread, or a
+//! `json_each` array for a NextChat upload's sqlx transaction); [`SyncTx`] hides that, and
+//! [`run_apply`] is the one orchestration all share.
 
 use crate::StoreError;
 use async_trait::async_trait;
