@@ -39,6 +39,11 @@ fn migrator() -> Migrator {
             "nextchat",
             include_str!("../migrations/postgres/0003_nextchat.sql"),
         ),
+        migration(
+            4,
+            "binary_keys",
+            include_str!("../migrations/postgres/0004_binary_keys.sql"),
+        ),
     ])
 }
 
