@@ -154,6 +154,8 @@ fn commit_group(conn: &mut Connection, group: Vec<ApplyJob>) {
     }
 }
 
+/// Answers every apply of a group that did not commit: nothing of it was written, so the
+/// callers may retry (their mutation ids make a retry safe), hence "unavailable".
 fn fail_all(waiting: impl Iterator<Item = oneshot::Sender<Result<Applied, ApplyError>>>, cause: &str) {
     let message = format!("group commit failed: {cause}");
     for done in waiting {
