@@ -109,7 +109,7 @@ pub fn validate_fields(fields: &serde_json::Map<String, Value>, limits: &SyncLim
         if !(1..=128).contains(&len) {
             return Err(invalid("invalid_field", "field names are 1 to 128 characters"));
         }
-        let size = serde_json::to_string(value).map_or(usize::MAX, |s| s.len());
+        let size = json_len(value);
         if size > limits.max_field_bytes {
             return Err(Invalid {
                 code: "field_too_large",
@@ -122,6 +122,23 @@ pub fn validate_fields(fields: &serde_json::Map<String, Value>, limits: &SyncLim
         }
     }
     Ok(())
+}
+
+/// Bytes of `value` as compact JSON, counted without building the text.
+fn json_len(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut count = Count(0);
+    // Serializing a `Value` into a writer that never fails cannot fail.
+    serde_json::to_writer(&mut count, value).map_or(usize::MAX, |()| count.0)
 }
 
 impl Mutation {
@@ -309,6 +326,17 @@ mod tests {
     }
 
     const NOW: u64 = 1_764_172_800_000;
+
+    #[test]
+    fn json_len_counts_the_compact_text() {
+        for value in [
+            json!(null),
+            json!("quote \" backslash \\ newline \n control \u{1} é 😀"),
+            json!({"b": [1, 2.5, -3], "a": {"nested": true}}),
+        ] {
+            assert_eq!(json_len(&value), value.to_string().len(), "{value}");
+        }
+    }
 
     fn valid(w: &MutationIn) -> Mutation {
         Mutation::validate(w.clone(), &SyncLimits::default(), NOW).expect("valid")

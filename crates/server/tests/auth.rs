@@ -107,6 +107,33 @@ async fn registration_refuses_bad_input_and_taken_emails(db: TestDb) {
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     let body: Value = response.json().await.expect("json");
     assert_eq!(error_code(&body), "malformed_json");
+    // Trailing text after the JSON value is malformed too, and a `+json` type is JSON.
+    for (content_type, body, status, code) in [
+        (
+            "application/json",
+            r#"{"email":"bob@example.org","password":"long enough to pass"} trailing"#,
+            StatusCode::BAD_REQUEST,
+            "malformed_json",
+        ),
+        (
+            "application/merge-patch+json; charset=utf-8",
+            r#"{"email":"bob@example.org","password":"short"}"#,
+            StatusCode::BAD_REQUEST,
+            "weak_password",
+        ),
+    ] {
+        let response = api
+            .http
+            .post(format!("{}/v1/auth/register", api.base_url))
+            .body(body)
+            .header("content-type", content_type)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(response.status(), status, "{content_type} {body}");
+        let answer: Value = response.json().await.expect("json");
+        assert_eq!(error_code(&answer), code, "{content_type} {body}");
+    }
     let response = api
         .http
         .post(format!("{}/v1/auth/register", api.base_url))

@@ -424,6 +424,11 @@ async fn refused_pushes_leave_nothing_behind(db: TestDb) {
         (status, error_code(&body)),
         (StatusCode::BAD_REQUEST, "invalid_body")
     );
+    let message = body["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("mutations[0]") && message.contains("collection"),
+        "the message names the bad value's path: {message}"
+    );
 
     let (changes, _) = pull_all(&api, &s, None, 100).await;
     assert_eq!(
