@@ -1,7 +1,7 @@
 //! [`PgStore`]: PostgreSQL, for larger installations and for several server instances sharing
 //! one database.
 
-use crate::sync::{Conflict, SyncTx};
+use crate::sync::{Conflict, PlanWrites, SyncTx};
 use crate::{Store, StoreError};
 use async_trait::async_trait;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
@@ -166,12 +166,18 @@ const LOAD_RECORDS: &str = "SELECT r.collection, r.record_id, r.fields, r.tombst
      FROM UNNEST($2::text[], $3::text[]) AS k (collection, record_id) \
      CROSS JOIN LATERAL (SELECT collection, record_id, fields, tombstone, tombstone_seq, seq FROM records \
      WHERE user_id = $1 AND collection = k.collection AND record_id = k.record_id LIMIT 1) AS r";
-const STORE_RECORDS: &str = "INSERT INTO records (user_id, collection, record_id, fields, tombstone, tombstone_seq, seq) \
+/// An apply's writes in one statement (one round trip): the changed records, the applied
+/// mutation ids, and the head when it moved (`$11` NULL when it did not). Data-modifying
+/// CTEs all run, on tables no other part of the statement reads.
+const WRITE_PLAN: &str = "WITH stored AS (\
+     INSERT INTO records (user_id, collection, record_id, fields, tombstone, tombstone_seq, seq) \
      SELECT $1, * FROM UNNEST($2::text[], $3::text[], $4::text[], $5::text[], $6::int8[], $7::int8[]) \
      ON CONFLICT (user_id, collection, record_id) DO UPDATE SET fields = excluded.fields, \
-     tombstone = excluded.tombstone, tombstone_seq = excluded.tombstone_seq, seq = excluded.seq";
-const REMEMBER_MUTATIONS: &str = "INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) \
-     SELECT $1, *, $4 FROM UNNEST($2::text[], $3::int8[])";
+     tombstone = excluded.tombstone, tombstone_seq = excluded.tombstone_seq, seq = excluded.seq\
+     ), remembered AS (\
+     INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) \
+     SELECT $1, *, $10 FROM UNNEST($8::text[], $9::int8[])\
+     ) UPDATE feed_heads SET seq = $11 WHERE user_id = $1 AND $11::int8 IS NOT NULL";
 
 #[async_trait]
 impl SyncTx for PgTx {
@@ -216,14 +222,8 @@ impl SyncTx for PgTx {
         rows.iter().map(shared_sync::record_row).collect()
     }
 
-    async fn store_records(
-        &mut self,
-        user: UserId,
-        records: &[(RecordKey, StoredRecord)],
-    ) -> Result<(), StoreError> {
-        if records.is_empty() {
-            return Ok(());
-        }
+    async fn write(&mut self, user: UserId, writes: PlanWrites<'_>) -> Result<(), StoreError> {
+        let records = writes.records;
         let mut collections = Vec::with_capacity(records.len());
         let mut ids = Vec::with_capacity(records.len());
         let mut fields = Vec::with_capacity(records.len());
@@ -238,7 +238,9 @@ impl SyncTx for PgTx {
             tombstone_seqs.push(r.tombstone_seq.map(|s| s.0 as i64));
             seqs.push(r.seq.0 as i64);
         }
-        sqlx::query(STORE_RECORDS)
+        let mutation_ids: Vec<&str> = writes.applied.iter().map(|(id, _)| id.as_str()).collect();
+        let mutation_seqs: Vec<i64> = writes.applied.iter().map(|(_, seq)| seq.0 as i64).collect();
+        sqlx::query(WRITE_PLAN)
             .bind(user.as_uuid())
             .bind(collections)
             .bind(ids)
@@ -246,27 +248,10 @@ impl SyncTx for PgTx {
             .bind(tombstones)
             .bind(tombstone_seqs)
             .bind(seqs)
-            .execute(&mut *self.0)
-            .await?;
-        Ok(())
-    }
-
-    async fn remember_mutations(
-        &mut self,
-        user: UserId,
-        applied: &[(String, Seq)],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        if applied.is_empty() {
-            return Ok(());
-        }
-        let ids: Vec<&str> = applied.iter().map(|(id, _)| id.as_str()).collect();
-        let seqs: Vec<i64> = applied.iter().map(|(_, seq)| seq.0 as i64).collect();
-        sqlx::query(REMEMBER_MUTATIONS)
-            .bind(user.as_uuid())
-            .bind(ids)
-            .bind(seqs)
-            .bind(now.as_millis())
+            .bind(mutation_ids)
+            .bind(mutation_seqs)
+            .bind(writes.now.as_millis())
+            .bind(writes.head.map(|seq| seq.0 as i64))
             .execute(&mut *self.0)
             .await?;
         Ok(())
@@ -283,9 +268,5 @@ impl SyncTx for PgTx {
         now: Timestamp,
     ) -> Result<bool, StoreError> {
         shared_sync::mark_resolved(&mut self.0, user, id, now).await
-    }
-
-    async fn set_head(&mut self, user: UserId, seq: Seq) -> Result<(), StoreError> {
-        shared_sync::set_head(&mut self.0, user, seq).await
     }
 }

@@ -13,7 +13,7 @@
 
 mod writer;
 
-use crate::sync::{Applied, ApplyError, Conflict, SyncTx};
+use crate::sync::{Applied, ApplyError, Conflict, PlanWrites, SET_HEAD, SyncTx};
 use crate::{Store, StoreError};
 use async_trait::async_trait;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
@@ -287,12 +287,8 @@ impl SyncTx for SqliteTx {
         rows.iter().map(shared_sync::record_row).collect()
     }
 
-    async fn store_records(
-        &mut self,
-        user: UserId,
-        records: &[(RecordKey, StoredRecord)],
-    ) -> Result<(), StoreError> {
-        for chunk in records.chunks(INSERT_CHUNK) {
+    async fn write(&mut self, user: UserId, writes: PlanWrites<'_>) -> Result<(), StoreError> {
+        for chunk in writes.records.chunks(INSERT_CHUNK) {
             let sql = store_records_sql(chunk.len());
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for (key, r) in chunk {
@@ -307,28 +303,23 @@ impl SyncTx for SqliteTx {
             }
             query.execute(&mut *self.0).await?;
         }
-        Ok(())
-    }
-
-    async fn remember_mutations(
-        &mut self,
-        user: UserId,
-        applied: &[(String, Seq)],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        if applied.is_empty() {
-            return Ok(());
-        }
-        for chunk in applied.chunks(INSERT_CHUNK) {
+        for chunk in writes.applied.chunks(INSERT_CHUNK) {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(remember_mutations_sql(chunk.len())));
             for (id, seq) in chunk {
                 query = query
                     .bind(user.as_uuid())
                     .bind(id)
                     .bind(seq.0 as i64)
-                    .bind(now.as_millis());
+                    .bind(writes.now.as_millis());
             }
             query.execute(&mut *self.0).await?;
+        }
+        if let Some(head) = writes.head {
+            sqlx::query(SET_HEAD)
+                .bind(user.as_uuid())
+                .bind(head.0 as i64)
+                .execute(&mut *self.0)
+                .await?;
         }
         Ok(())
     }
@@ -344,9 +335,5 @@ impl SyncTx for SqliteTx {
         now: Timestamp,
     ) -> Result<bool, StoreError> {
         shared_sync::mark_resolved(&mut self.0, user, id, now).await
-    }
-
-    async fn set_head(&mut self, user: UserId, seq: Seq) -> Result<(), StoreError> {
-        shared_sync::set_head(&mut self.0, user, seq).await
     }
 }

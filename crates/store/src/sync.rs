@@ -117,17 +117,9 @@ pub(crate) trait SyncTx: Send {
         user: UserId,
         keys: &[&RecordKey],
     ) -> Result<HashMap<RecordKey, StoredRecord>, StoreError>;
-    async fn store_records(
-        &mut self,
-        user: UserId,
-        records: &[(RecordKey, StoredRecord)],
-    ) -> Result<(), StoreError>;
-    async fn remember_mutations(
-        &mut self,
-        user: UserId,
-        applied: &[(String, Seq)],
-        now: Timestamp,
-    ) -> Result<(), StoreError>;
+    /// Stores the plan's changed records, remembers the mutation ids it applied and moves the
+    /// head: one step, so that PostgreSQL sends it as one statement.
+    async fn write(&mut self, user: UserId, writes: PlanWrites<'_>) -> Result<(), StoreError>;
     async fn insert_conflicts(&mut self, user: UserId, conflicts: &[Conflict]) -> Result<(), StoreError>;
     /// False when the conflict is unknown or already resolved.
     async fn mark_resolved(
@@ -136,7 +128,23 @@ pub(crate) trait SyncTx: Send {
         id: ConflictId,
         now: Timestamp,
     ) -> Result<bool, StoreError>;
-    async fn set_head(&mut self, user: UserId, seq: Seq) -> Result<(), StoreError>;
+}
+
+/// What an apply writes once its plan is made.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct PlanWrites<'a> {
+    pub records: &'a [(RecordKey, StoredRecord)],
+    /// The device's mutation ids applied, each with the seq it was answered with.
+    pub applied: &'a [(String, Seq)],
+    pub now: Timestamp,
+    /// The feed head after the apply, when it moved.
+    pub head: Option<Seq>,
+}
+
+impl PlanWrites<'_> {
+    fn is_empty(&self) -> bool {
+        self.records.is_empty() && self.applied.is_empty() && self.head.is_none()
+    }
 }
 
 /// The one apply orchestration; the caller begins and commits the transaction.
@@ -181,12 +189,16 @@ pub(crate) async fn run_apply<T: SyncTx>(
             created_at: now,
         })
         .collect();
-    tx.store_records(user, &plan.changed).await?;
-    tx.remember_mutations(user, &plan.applied, now).await?;
-    tx.insert_conflicts(user, &conflicts).await?;
-    if plan.head != head {
-        tx.set_head(user, plan.head).await?;
+    let writes = PlanWrites {
+        records: &plan.changed,
+        applied: &plan.applied,
+        now,
+        head: (plan.head != head).then_some(plan.head),
+    };
+    if !writes.is_empty() {
+        tx.write(user, writes).await?;
     }
+    tx.insert_conflicts(user, &conflicts).await?;
     Ok(Applied {
         results: plan.results,
         conflicts,
@@ -299,15 +311,6 @@ macro_rules! impl_shared_sync {
                 .execute(&mut **tx)
                 .await?;
             Ok(done.rows_affected() == 1)
-        }
-
-        pub(crate) async fn set_head(tx: &mut $tx, user: UserId, seq: Seq) -> Result<(), StoreError> {
-            sqlx::query(SET_HEAD)
-                .bind(user.as_uuid())
-                .bind(seq.0 as i64)
-                .execute(&mut **tx)
-                .await?;
-            Ok(())
         }
 
         pub(crate) async fn head(

@@ -13,7 +13,7 @@
 //! Another process writing the same file (`nextsync admin`) is met by the busy timeout.
 
 use crate::StoreError;
-use crate::sync::{Applied, ApplyError, Conflict, SyncTx, encode_side, run_apply};
+use crate::sync::{Applied, ApplyError, Conflict, PlanWrites, SyncTx, encode_side, run_apply};
 use crate::sync::{INSERT_CONFLICT, MARK_RESOLVED, SELECT_HEAD, SELECT_RECORD, SET_HEAD};
 use async_trait::async_trait;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
@@ -257,15 +257,12 @@ impl SyncTx for WriterTx<'_> {
         Ok(records)
     }
 
-    async fn store_records(
-        &mut self,
-        user: UserId,
-        records: &[(RecordKey, StoredRecord)],
-    ) -> Result<(), StoreError> {
+    async fn write(&mut self, user: UserId, writes: PlanWrites<'_>) -> Result<(), StoreError> {
+        let user = user.as_uuid().as_bytes();
         let mut upsert = self.0.prepare_cached(UPSERT_RECORD)?;
-        for (key, r) in records {
+        for (key, r) in writes.records {
             upsert.execute(params![
-                user.as_uuid().as_bytes(),
+                user,
                 key.collection,
                 key.id,
                 r.encode_fields(),
@@ -274,23 +271,17 @@ impl SyncTx for WriterTx<'_> {
                 r.seq.0 as i64,
             ])?;
         }
-        Ok(())
-    }
-
-    async fn remember_mutations(
-        &mut self,
-        user: UserId,
-        applied: &[(String, Seq)],
-        now: Timestamp,
-    ) -> Result<(), StoreError> {
-        let mut insert = self.0.prepare_cached(REMEMBER_MUTATION)?;
-        for (id, seq) in applied {
-            insert.execute(params![
-                user.as_uuid().as_bytes(),
-                id,
-                seq.0 as i64,
-                now.as_millis()
-            ])?;
+        drop(upsert);
+        let mut remember = self.0.prepare_cached(REMEMBER_MUTATION)?;
+        for (id, seq) in writes.applied {
+            remember.execute(params![user, id, seq.0 as i64, writes.now.as_millis()])?;
+        }
+        drop(remember);
+        if let Some(head) = writes.head {
+            self.0.prepare_cached(SET_HEAD)?.execute(named_params! {
+                "$1": user,
+                "$2": head.0 as i64,
+            })?;
         }
         Ok(())
     }
@@ -324,13 +315,5 @@ impl SyncTx for WriterTx<'_> {
             "$3": now.as_millis(),
         })?;
         Ok(changed == 1)
-    }
-
-    async fn set_head(&mut self, user: UserId, seq: Seq) -> Result<(), StoreError> {
-        self.0.prepare_cached(SET_HEAD)?.execute(named_params! {
-            "$1": user.as_uuid().as_bytes(),
-            "$2": seq.0 as i64,
-        })?;
-        Ok(())
     }
 }
