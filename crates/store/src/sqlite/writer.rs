@@ -271,12 +271,10 @@ impl SyncTx for WriterTx<'_> {
                 r.seq.0 as i64,
             ])?;
         }
-        drop(upsert);
         let mut remember = self.0.prepare_cached(REMEMBER_MUTATION)?;
         for (id, seq) in writes.applied {
             remember.execute(params![user, id, seq.0 as i64, writes.now.as_millis()])?;
         }
-        drop(remember);
         if let Some(head) = writes.head {
             self.0.prepare_cached(SET_HEAD)?.execute(named_params! {
                 "$1": user,
