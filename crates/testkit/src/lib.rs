@@ -2,11 +2,14 @@
 //!
 //! - [`TestDb`]: a fresh database per test: SQLite in a temp dir, or a fresh schema in the
 //!   PostgreSQL named by `NEXTSYNC_TEST_DATABASE_URL` (default the local `test` database).
-//!   Without a reachable PostgreSQL the test reports itself skipped, except under `CI=true`,
-//!   where it fails.
+//!   PostgreSQL tests are `#[ignore]`d, so a plain `cargo test` lists them as not run; with
+//!   `--include-ignored` they run and fail without a reachable PostgreSQL.
 //! - [`TestServer`]: the real server on 127.0.0.1 port 0, stopped on drop.
 //! - [`both_backends!`]: runs one async test body on SQLite and on PostgreSQL.
 //! - [`ws`]: a WebSocket client for the live feed.
+//! - [`smtp`]: a real SMTP server that keeps what it receives.
+
+pub mod smtp;
 
 use nextsync_server::config::RateLimits;
 use nextsync_server::{AppState, Config};
@@ -50,21 +53,27 @@ impl TestDb {
         }
     }
 
-    /// A fresh schema in the test PostgreSQL, or `None` (test skipped) when there is none and
-    /// this is not CI.
-    pub async fn postgres() -> Option<Self> {
+    /// A fresh schema in the test PostgreSQL; panics when there is none. Tests that need it
+    /// are `#[ignore]`d (see [`both_backends!`]), so a run that includes them has asked for
+    /// PostgreSQL and a missing server is a failure, never a silent pass.
+    pub async fn postgres() -> Self {
+        match Self::postgres_if_reachable().await {
+            Ok(db) => db,
+            Err(e) => panic!("{e}"),
+        }
+    }
+
+    /// A fresh schema in the test PostgreSQL, or why there is none (for the bench, which
+    /// reports a missing PostgreSQL in its own output).
+    pub async fn postgres_if_reachable() -> Result<Self, String> {
         let admin_url = std::env::var("NEXTSYNC_TEST_DATABASE_URL")
             .unwrap_or_else(|_| DEFAULT_TEST_DATABASE_URL.to_owned());
-        let mut conn = match sqlx::PgConnection::connect(&admin_url).await {
-            Ok(conn) => conn,
-            Err(e) if is_ci() => panic!("CI=true but PostgreSQL at {admin_url} is unreachable: {e}"),
-            Err(e) => {
-                eprintln!(
-                    "SKIPPED: PostgreSQL at {admin_url} is unreachable ({e}); set NEXTSYNC_TEST_DATABASE_URL"
-                );
-                return None;
-            }
-        };
+        let mut conn = sqlx::PgConnection::connect(&admin_url).await.map_err(|e| {
+            format!(
+                "PostgreSQL at {admin_url} is unreachable ({e}); start it or set \
+                 NEXTSYNC_TEST_DATABASE_URL (README: Running the tests)"
+            )
+        })?;
         let schema = format!("nextsync_test_{}", uuid::Uuid::new_v4().simple());
         sqlx::query(sqlx::AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
             .execute(&mut conn)
@@ -72,7 +81,7 @@ impl TestDb {
             .expect("create test schema");
         let separator = if admin_url.contains('?') { '&' } else { '?' };
         let url = format!("{admin_url}{separator}options[search_path]={schema}");
-        Some(Self {
+        Ok(Self {
             backend: Backend::Postgres,
             dir: temp_dir(),
             pg: Some(PgSchema {
@@ -135,10 +144,6 @@ impl Drop for TestDb {
     }
 }
 
-pub fn is_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "false" && v != "0")
-}
-
 fn temp_dir() -> TempDir {
     tempfile::Builder::new()
         .prefix("nextsync-test-")
@@ -147,7 +152,9 @@ fn temp_dir() -> TempDir {
 }
 
 /// Runs `$body(db: TestDb)` once on SQLite and once on PostgreSQL, as two tests named
-/// `<name>::sqlite` and `<name>::postgres`.
+/// `<name>::sqlite` and `<name>::postgres`. The PostgreSQL one is `#[ignore]`d: `cargo test`
+/// counts it as ignored (not run) in its summary, and `cargo test -- --include-ignored`
+/// (what `.ci/run` does) runs it and fails when PostgreSQL is unreachable.
 #[macro_export]
 macro_rules! both_backends {
     ($($name:ident),* $(,)?) => {$(
@@ -158,10 +165,9 @@ macro_rules! both_backends {
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            #[ignore = "needs PostgreSQL; run with --include-ignored"]
             async fn postgres() {
-                if let Some(db) = $crate::TestDb::postgres().await {
-                    super::$name(db).await;
-                }
+                super::$name($crate::TestDb::postgres().await).await;
             }
         }
     )*};
