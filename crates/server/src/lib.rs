@@ -36,6 +36,8 @@ use anyhow::Context;
 use axum::serve::ListenerExt;
 use axum_server::accept::NoDelayAcceptor;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use nextsync_core::time::Timestamp;
+use nextsync_store::nextchat::STAGING_TTL_MS;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -107,14 +109,22 @@ async fn serve_app(
     Ok(())
 }
 
-/// Periodic upkeep while the server runs: forgets idle rate-limit keys.
+/// Periodic upkeep while the server runs: forgets idle rate-limit keys and drops Upstash
+/// chunks staged by uploads that never committed.
 fn spawn_housekeeping(state: &AppState) -> tokio::task::JoinHandle<()> {
     let limits = state.limits.clone();
+    let store = state.store.clone();
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             limits.forget_idle();
+            let before = Timestamp::now().minus_secs(STAGING_TTL_MS / 1000);
+            match store.expire_staging(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(chunks = n, "expired abandoned Upstash staging"),
+                Err(e) => tracing::warn!(error = %e, "cannot expire Upstash staging"),
+            }
         }
     })
 }

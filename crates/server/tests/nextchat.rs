@@ -391,6 +391,8 @@ both_backends!(
     a_session_deleted_through_nextsync_stays_deleted,
     a_multi_megabyte_upstash_state_survives_the_lossy_chunker,
     an_upstash_commit_that_does_not_parse_changes_nothing,
+    staged_upstash_chunks_never_reach_the_disk_in_plaintext,
+    upstash_staging_is_capped_per_account_and_expires,
     both_gets_of_one_sync_see_the_same_state,
     the_plain_webdav_target_takes_chunked_uploads_and_creates_its_folder,
     bad_uploads_are_refused_whole,
@@ -755,6 +757,79 @@ async fn an_upstash_commit_that_does_not_parse_changes_nothing(db: TestDb) {
     // Reads still see the last good state.
     let downloaded: Value = serde_json::from_str(&phone.get().await).expect("json");
     assert_eq!(contents(&downloaded)["a"], "safe");
+}
+
+/// An API key travels inside UpStash chunks as raw JSON. Neither a finished sync, nor one
+/// that never sent its count, nor the secrets opt-in leaves it readable anywhere in the
+/// database's files (deleted rows and the WAL included).
+async fn staged_upstash_chunks_never_reach_the_disk_in_plaintext(db: TestDb) {
+    let (server, api) = start(&db).await;
+    let ann = api.register("ann@example.com").await;
+    let password = app_password(&api, &ann).await;
+    let marker = format!("sk-plaintext-marker-{}", uuid::Uuid::new_v4().simple());
+    let mut local = nextchat_state(vec![session("s1", 1, vec![message("a", "user", "hi", 1)])]);
+    local["access-control"]["openaiApiKey"] = json!(marker);
+
+    // A finished sync, first without and then with the secrets opt-in.
+    let mut phone = Device::upstash(&api, &password, local.clone());
+    phone.sync().await;
+    let (status, body) = put_settings(&api, &ann, json!({"sync_secrets": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    phone.sync().await;
+    // An upload that stops before its count: its chunk stays staged.
+    let abandoned = serde_json::to_string(&local).expect("json");
+    let url = phone.upstash_url("set", "abandoned-chunk-0");
+    let response = phone.request(Method::POST, url, Some(abandoned)).await;
+    assert_eq!(response.status(), StatusCode::OK);
+
+    // The key did arrive (sealed): a fresh device gets it back.
+    let mut tablet = Device::upstash(&api, &password, nextchat_state(vec![]));
+    tablet.sync().await;
+    assert_eq!(tablet.local["access-control"]["openaiApiKey"], json!(marker));
+    drop(server);
+    let found = db.files_containing(marker.as_bytes()).await;
+    assert!(found.is_empty(), "the API key is readable in {found:?}");
+}
+
+async fn upstash_staging_is_capped_per_account_and_expires(db: TestDb) {
+    let mut config = db.config();
+    config.nextchat_max_upload_bytes = 4096;
+    let server = nextsync_testkit::TestServer::start(config).await;
+    let api = Api::new(&server);
+    let ann = api.register("ann@example.com").await;
+    let password = app_password(&api, &ann).await;
+    let phone = Device::upstash(&api, &password, nextchat_state(vec![]));
+    let set =
+        |key: &str, body: String| phone.request(Method::POST, phone.upstash_url("set", key), Some(body));
+
+    // Two names together may not stage more than one upload's worth.
+    assert_eq!(set("a-chunk-0", "x".repeat(3000)).await.status(), StatusCode::OK);
+    let response = set("b-chunk-0", "y".repeat(3000)).await;
+    assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(
+        error_code(&response.json().await.expect("json")),
+        "payload_too_large"
+    );
+    // Chunk 0 starts a new upload of its name, so a retried upload is not refused.
+    assert_eq!(set("a-chunk-0", "x".repeat(3000)).await.status(), StatusCode::OK);
+    assert_eq!(set("a-chunk-1", "x".repeat(1000)).await.status(), StatusCode::OK);
+    assert_eq!(
+        set("a-chunk-2", "x".repeat(1000)).await.status(),
+        StatusCode::PAYLOAD_TOO_LARGE
+    );
+    // Expiry (what the housekeeping task runs every minute) drops what never committed.
+    let expired = server
+        .state
+        .store
+        .expire_staging(nextsync_core::time::Timestamp::now().plus_secs(1))
+        .await
+        .expect("expire");
+    assert_eq!(expired, 2);
+    let response = set("a-chunk-count", "1".to_owned()).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(error_code(&response.json().await.expect("json")), "missing_chunk");
+    // With nothing staged, the whole budget is free again.
+    assert_eq!(set("b-chunk-0", "y".repeat(4000)).await.status(), StatusCode::OK);
 }
 
 async fn both_gets_of_one_sync_see_the_same_state(db: TestDb) {

@@ -17,8 +17,35 @@ use std::collections::{HashMap, HashSet};
 
 /// How many uploads an account keeps.
 pub const SNAPSHOTS_KEPT: i64 = 20;
-/// Staged Upstash chunks older than this are dropped (an upload that never committed).
-pub const STAGING_TTL_MS: i64 = 24 * 60 * 60 * 1000;
+/// Staged Upstash chunks older than this are dropped (an upload that never committed;
+/// NextChat sends its chunks one after another and then the count, within seconds).
+pub const STAGING_TTL_MS: i64 = 60 * 60 * 1000;
+
+/// What one account may have staged at once, across its backup names; checked before a
+/// chunk is kept, so staging can never hold more than one upload's worth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StagingLimits {
+    /// Plaintext bytes.
+    pub bytes: i64,
+    pub chunks: i64,
+}
+
+/// What became of a chunk given to [`NextChatStore::stage_chunk`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staged {
+    Kept,
+    /// Keeping it would pass a [`StagingLimits`]; nothing was written.
+    OverLimit,
+}
+
+/// A commit's staged chunks, still sealed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StagedChunks {
+    /// Chunks `0..count` in order, `None` where one is missing.
+    Chunks(Vec<Option<Vec<u8>>>),
+    /// They hold more plaintext bytes than the commit may load; nothing was read.
+    TooLarge { bytes: i64 },
+}
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct NextChatAccount {
@@ -113,23 +140,35 @@ pub trait NextChatStore {
     /// A kept upload's compressed body.
     async fn snapshot_body(&self, user: UserId, id: SnapshotId) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Stages chunk `index` of the Upstash backup `name` (replacing an earlier one).
+    /// Stages chunk `index` of the Upstash backup `name`, already sealed by the caller
+    /// (`bytes` is its plaintext length), replacing an earlier one. Chunk 0 starts a new
+    /// upload of `name`: the name's other staged chunks go. Refused, writing nothing, when
+    /// the account's staging would pass `limits`.
+    #[allow(clippy::too_many_arguments)]
     async fn stage_chunk(
         &self,
         user: UserId,
         name: &str,
         index: i64,
-        body: &str,
+        sealed: &[u8],
+        bytes: i64,
         now: Timestamp,
-    ) -> Result<(), StoreError>;
+        limits: StagingLimits,
+    ) -> Result<Staged, StoreError>;
 
-    /// Staged chunks `0..count` of `name`, `None` where one is missing.
+    /// Staged chunks `0..count` of `name`, unless together they hold more than `max_bytes`
+    /// plaintext bytes (checked before any chunk is read).
     async fn staged_chunks(
         &self,
         user: UserId,
         name: &str,
         count: i64,
-    ) -> Result<Vec<Option<String>>, StoreError>;
+        max_bytes: i64,
+    ) -> Result<StagedChunks, StoreError>;
+
+    /// Drops every account's chunks staged before `before` (uploads that never committed);
+    /// returns how many went.
+    async fn expire_staging(&self, before: Timestamp) -> Result<u64, StoreError>;
 }
 
 /// The one statement per backend that differs: many version rows at once.
@@ -171,10 +210,17 @@ pub(crate) const SELECT_SNAPSHOTS: &str = "SELECT snapshot_id, created_at, sourc
      FROM nextchat_snapshots WHERE user_id = $1 ORDER BY snapshot_id DESC";
 pub(crate) const SELECT_SNAPSHOT_BODY: &str =
     "SELECT body FROM nextchat_snapshots WHERE user_id = $1 AND snapshot_id = $2";
-pub(crate) const STAGE_CHUNK: &str = "INSERT INTO nextchat_staging (user_id, name, chunk, body, updated_at) \
-     VALUES ($1, $2, $3, $4, $5) ON CONFLICT (user_id, name, chunk) DO UPDATE SET body = $4, updated_at = $5";
+pub(crate) const STAGE_CHUNK: &str = "INSERT INTO nextchat_staging (user_id, name, chunk, bytes, sealed, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
+     ON CONFLICT (user_id, name, chunk) DO UPDATE SET bytes = $4, sealed = $5, updated_at = $6";
 pub(crate) const PRUNE_STAGING: &str = "DELETE FROM nextchat_staging WHERE user_id = $1 AND updated_at < $2";
-pub(crate) const SELECT_STAGED: &str = "SELECT chunk, body FROM nextchat_staging \
+pub(crate) const EXPIRE_STAGING: &str = "DELETE FROM nextchat_staging WHERE updated_at < $1";
+/// What the account has staged besides the chunk about to be (re)placed.
+pub(crate) const STAGED_ELSEWHERE: &str = "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT), COUNT(*) \
+     FROM nextchat_staging WHERE user_id = $1 AND NOT (name = $2 AND chunk = $3)";
+pub(crate) const STAGED_BYTES: &str = "SELECT CAST(COALESCE(SUM(bytes), 0) AS BIGINT) FROM nextchat_staging \
+     WHERE user_id = $1 AND name = $2 AND chunk >= 0 AND chunk < $3";
+pub(crate) const SELECT_STAGED: &str = "SELECT chunk, sealed FROM nextchat_staging \
      WHERE user_id = $1 AND name = $2 AND chunk >= 0 AND chunk < $3";
 pub(crate) const CLEAR_STAGING: &str = "DELETE FROM nextchat_staging WHERE user_id = $1 AND name = $2";
 
@@ -421,25 +467,44 @@ macro_rules! impl_nextchat_store {
                 user: UserId,
                 name: &str,
                 index: i64,
-                body: &str,
+                sealed: &[u8],
+                bytes: i64,
                 now: Timestamp,
-            ) -> Result<(), StoreError> {
+                limits: StagingLimits,
+            ) -> Result<Staged, StoreError> {
                 let mut tx = self.begin_write().await?;
                 sqlx::query(PRUNE_STAGING)
                     .bind(user.as_uuid())
                     .bind(now.as_millis() - STAGING_TTL_MS)
                     .execute(&mut *tx.0)
                     .await?;
+                if index == 0 {
+                    sqlx::query(CLEAR_STAGING)
+                        .bind(user.as_uuid())
+                        .bind(name)
+                        .execute(&mut *tx.0)
+                        .await?;
+                }
+                let (staged_bytes, staged_chunks): (i64, i64) = sqlx::query_as(STAGED_ELSEWHERE)
+                    .bind(user.as_uuid())
+                    .bind(name)
+                    .bind(index)
+                    .fetch_one(&mut *tx.0)
+                    .await?;
+                if staged_bytes.saturating_add(bytes) > limits.bytes || staged_chunks >= limits.chunks {
+                    return Ok(Staged::OverLimit);
+                }
                 sqlx::query(STAGE_CHUNK)
                     .bind(user.as_uuid())
                     .bind(name)
                     .bind(index)
-                    .bind(body)
+                    .bind(bytes)
+                    .bind(sealed)
                     .bind(now.as_millis())
                     .execute(&mut *tx.0)
                     .await?;
                 tx.0.commit().await?;
-                Ok(())
+                Ok(Staged::Kept)
             }
 
             async fn staged_chunks(
@@ -447,7 +512,17 @@ macro_rules! impl_nextchat_store {
                 user: UserId,
                 name: &str,
                 count: i64,
-            ) -> Result<Vec<Option<String>>, StoreError> {
+                max_bytes: i64,
+            ) -> Result<StagedChunks, StoreError> {
+                let bytes: i64 = sqlx::query_scalar(STAGED_BYTES)
+                    .bind(user.as_uuid())
+                    .bind(name)
+                    .bind(count)
+                    .fetch_one(self.reader())
+                    .await?;
+                if bytes > max_bytes {
+                    return Ok(StagedChunks::TooLarge { bytes });
+                }
                 let rows = sqlx::query(SELECT_STAGED)
                     .bind(user.as_uuid())
                     .bind(name)
@@ -458,10 +533,18 @@ macro_rules! impl_nextchat_store {
                 for row in &rows {
                     let index: i64 = row.try_get("chunk")?;
                     if let Some(slot) = usize::try_from(index).ok().and_then(|i| chunks.get_mut(i)) {
-                        *slot = Some(row.try_get("body")?);
+                        *slot = Some(row.try_get("sealed")?);
                     }
                 }
-                Ok(chunks)
+                Ok(StagedChunks::Chunks(chunks))
+            }
+
+            async fn expire_staging(&self, before: Timestamp) -> Result<u64, StoreError> {
+                Ok(sqlx::query(EXPIRE_STAGING)
+                    .bind(before.as_millis())
+                    .execute(self.writer())
+                    .await?
+                    .rows_affected())
             }
         }
     };

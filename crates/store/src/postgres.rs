@@ -44,6 +44,11 @@ fn migrator() -> Migrator {
             "binary_keys",
             include_str!("../migrations/postgres/0004_binary_keys.sql"),
         ),
+        migration(
+            5,
+            "sealed_staging",
+            include_str!("../migrations/postgres/0005_sealed_staging.sql"),
+        ),
     ])
 }
 

@@ -54,6 +54,11 @@ fn migrator() -> Migrator {
             "nextchat",
             include_str!("../migrations/sqlite/0003_nextchat.sql"),
         ),
+        migration(
+            5,
+            "sealed_staging",
+            include_str!("../migrations/sqlite/0005_sealed_staging.sql"),
+        ),
     ])
 }
 

@@ -301,6 +301,61 @@ impl TestDb {
     }
 }
 
+impl TestDb {
+    /// The database's files on disk that contain `needle`: on SQLite every file in the data
+    /// dir (the database, its WAL); on PostgreSQL, after a checkpoint, every table, index and
+    /// TOAST file of this test's schema and the newest WAL segments, read through
+    /// `pg_read_binary_file` (the test role is a superuser), so deleted rows that still sit
+    /// in a page or in the log are found too.
+    pub async fn files_containing(&self, needle: &[u8]) -> Vec<String> {
+        let contains = |bytes: &[u8]| bytes.windows(needle.len()).any(|w| w == needle);
+        let mut found = Vec::new();
+        match &self.pg {
+            None => {
+                for entry in std::fs::read_dir(self.data_dir()).expect("data dir") {
+                    let path = entry.expect("entry").path();
+                    if path.is_file() && contains(&std::fs::read(&path).expect("read")) {
+                        found.push(path.display().to_string());
+                    }
+                }
+            }
+            Some(pg) => {
+                let mut conn = sqlx::PgConnection::connect(&pg.admin_url).await.expect("connect");
+                sqlx::query("CHECKPOINT")
+                    .execute(&mut conn)
+                    .await
+                    .expect("checkpoint");
+                let files: Vec<String> = sqlx::query_scalar(
+                    "SELECT pg_relation_filepath(c.oid) FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND pg_relation_filepath(c.oid) IS NOT NULL \
+                     UNION SELECT pg_relation_filepath(c.reltoastrelid) FROM pg_class c \
+                     JOIN pg_namespace n ON n.oid = c.relnamespace \
+                     WHERE n.nspname = $1 AND c.reltoastrelid <> 0 \
+                     UNION SELECT * FROM (SELECT 'pg_wal/' || name FROM pg_ls_waldir() \
+                     WHERE name ~ '^[0-9A-F]{24}$' ORDER BY modification DESC LIMIT 3) newest",
+                )
+                .bind(&pg.schema)
+                .fetch_all(&mut conn)
+                .await
+                .expect("list files");
+                for file in files {
+                    let bytes: Option<Vec<u8>> =
+                        sqlx::query_scalar("SELECT pg_read_binary_file($1, 0, 268435456, true)")
+                            .bind(&file)
+                            .fetch_one(&mut conn)
+                            .await
+                            .expect("read file");
+                    if bytes.is_some_and(|b| contains(&b)) {
+                        found.push(file);
+                    }
+                }
+            }
+        }
+        found
+    }
+}
+
 /// `SELECT (SELECT COUNT(*) FROM a WHERE user_id = $1) + … ` over `tables`.
 fn count_rows_sql(tables: &[String]) -> sqlx::AssertSqlSafe<String> {
     assert!(!tables.is_empty(), "no table has a user_id column");

@@ -1,7 +1,8 @@
 //! Sealing NextChat credentials at rest: XChaCha20-Poly1305 under a key derived from the
 //! server's secrets key, a fresh random 192-bit nonce per value, and the owner and the
 //! value's place as associated data, so a sealed value copied to another account or another
-//! field does not open.
+//! field does not open. The same seal keeps staged Upstash chunks (raw NextChat JSON, API
+//! keys included) unreadable at rest.
 
 use chacha20poly1305::aead::{Aead, KeyInit, Payload};
 use chacha20poly1305::{Key, XChaCha20Poly1305, XNonce};
@@ -46,16 +47,27 @@ impl Sealer {
 
     /// nonce ‖ ciphertext of the value's JSON.
     pub fn seal(&self, user: UserId, path: &str, value: &Value) -> Result<Vec<u8>, SealError> {
+        let plaintext = serde_json::to_vec(value).unwrap_or_default();
+        self.seal_bytes(user, path, &plaintext)
+    }
+
+    pub fn open(&self, user: UserId, path: &str, sealed: &[u8]) -> Result<Value, SealError> {
+        let plaintext = self.open_bytes(user, path, sealed)?;
+        serde_json::from_slice(&plaintext).map_err(|_| SealError::Open)
+    }
+
+    /// nonce ‖ ciphertext of `plaintext`, bound to `user` and `place` (a secret's JSON path,
+    /// or [`staging_place`] for a staged chunk).
+    pub fn seal_bytes(&self, user: UserId, place: &str, plaintext: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
         getrandom::fill(&mut nonce).map_err(|_| SealError::Random)?;
-        let plaintext = serde_json::to_vec(value).unwrap_or_default();
-        let aad = associated_data(user, path);
+        let aad = associated_data(user, place);
         let sealed = self
             .cipher
             .encrypt(
                 &XNonce::from(nonce),
                 Payload {
-                    msg: &plaintext,
+                    msg: plaintext,
                     aad: &aad,
                 },
             )
@@ -66,15 +78,14 @@ impl Sealer {
         Ok(out)
     }
 
-    pub fn open(&self, user: UserId, path: &str, sealed: &[u8]) -> Result<Value, SealError> {
+    pub fn open_bytes(&self, user: UserId, place: &str, sealed: &[u8]) -> Result<Vec<u8>, SealError> {
         if sealed.len() < NONCE_LEN {
             return Err(SealError::Open);
         }
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         let nonce = XNonce::try_from(nonce).map_err(|_| SealError::Open)?;
-        let aad = associated_data(user, path);
-        let plaintext = self
-            .cipher
+        let aad = associated_data(user, place);
+        self.cipher
             .decrypt(
                 &nonce,
                 Payload {
@@ -82,9 +93,15 @@ impl Sealer {
                     aad: &aad,
                 },
             )
-            .map_err(|_| SealError::Open)?;
-        serde_json::from_slice(&plaintext).map_err(|_| SealError::Open)
+            .map_err(|_| SealError::Open)
     }
+}
+
+/// Where a staged Upstash chunk is bound: a sealed chunk opens only as the same chunk of the
+/// same backup name. A secret's place is a JSON array (`[…]`), so the two never coincide.
+/// Part of the at-rest format: never change it.
+pub fn staging_place(name: &str, index: i64) -> String {
+    format!("upstash-staging\0{name}\0{index}")
 }
 
 fn associated_data(user: UserId, path: &str) -> Vec<u8> {

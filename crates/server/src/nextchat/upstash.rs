@@ -6,10 +6,13 @@
 //! NextChat writes `<name>-chunk-<i>` for each piece of its lossy chunker, then
 //! `<name>-chunk-count`. Here chunk writes are staged and the count write commits: the chunks
 //! are rejoined with a single space (exact, §3.3), parsed and merged; a commit whose text does
-//! not parse is refused and changes nothing. Reads are one virtual chunk (count `"1"`,
+//! not parse is refused and changes nothing. Staged chunks are raw NextChat JSON, API keys
+//! included, so they are sealed before they reach the store, capped per account (one
+//! upload's worth, checked before anything is kept or loaded) and expire after an hour. Reads are one virtual chunk (count `"1"`,
 //! chunk 0 the whole state), so no reader ever sees a torn state.
 
 use super::downloads::DoorKey;
+use super::seal::staging_place;
 use super::{Source, download, merge_upload};
 use crate::auth::AppPasswordUser;
 use crate::error::ApiError;
@@ -21,10 +24,13 @@ use axum::http::{HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use nextsync_core::time::Timestamp;
+use nextsync_store::nextchat::{Staged, StagedChunks, StagingLimits};
 use serde_json::{Value, json};
 
 /// Most chunks one commit may name (NextChat's are ~1 MB each).
 const MAX_CHUNKS: i64 = 4096;
+/// Longest key, in bytes (NextChat's are its "Backup Name" plus `-chunk-count`).
+const MAX_KEY_BYTES: usize = 512;
 
 pub fn router() -> Router<AppState> {
     Router::new().route("/api/upstash/{action}/{*key}", any(upstash))
@@ -74,6 +80,12 @@ async fn upstash(
     }
     let (mut parts, body) = request.into_parts();
     let auth = AppPasswordUser::from_request_parts(&mut parts, &state).await?;
+    if key.len() > MAX_KEY_BYTES || key.chars().any(char::is_control) {
+        return Err(ApiError::bad_request(
+            "invalid_key",
+            format!("keys are at most {MAX_KEY_BYTES} bytes of text without control characters"),
+        ));
+    }
     let key = Key::parse(&key);
     match (action.as_str(), &method) {
         ("get", &Method::GET) => get(&state, auth, key).await,
@@ -131,11 +143,31 @@ async fn set(state: &AppState, auth: AppPasswordUser, key: Key, body: Body) -> R
         .map_err(|_| ApiError::bad_request("invalid_value", "values are UTF-8 text"))?;
     match key {
         Key::Chunk(name, index) => {
-            state
+            let sealed = state
+                .nextchat
+                .sealer
+                .seal_bytes(auth.user, &staging_place(&name, index), text.as_bytes())
+                .map_err(ApiError::internal)?;
+            let limits = StagingLimits {
+                bytes: i64::try_from(limit).unwrap_or(i64::MAX),
+                chunks: MAX_CHUNKS,
+            };
+            let bytes = i64::try_from(text.len()).unwrap_or(i64::MAX);
+            let staged = state
                 .store
-                .stage_chunk(auth.user, &name, index, text, Timestamp::now())
+                .stage_chunk(auth.user, &name, index, &sealed, bytes, Timestamp::now(), limits)
                 .await?;
-            Ok(result(Value::String("OK".to_owned())))
+            match staged {
+                Staged::Kept => Ok(result(Value::String("OK".to_owned()))),
+                Staged::OverLimit => Err(ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!(
+                        "staged chunks may hold at most {limit} bytes in {MAX_CHUNKS} chunks per \
+                         account; this one was not kept"
+                    ),
+                )),
+            }
         }
         Key::Count(name) => {
             let count: i64 = text
@@ -150,30 +182,46 @@ async fn set(state: &AppState, auth: AppPasswordUser, key: Key, body: Body) -> R
                         format!("the chunk count is a number from 1 to {MAX_CHUNKS}"),
                     )
                 })?;
+            let too_large = || {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    format!("a NextChat state may be at most {limit} bytes; nothing was changed"),
+                )
+            };
             let _turn = state.nextchat.upload_turn().await?;
-            let chunks = state.store.staged_chunks(auth.user, &name, count).await?;
-            let mut joined = String::new();
-            for (index, chunk) in chunks.into_iter().enumerate() {
-                let chunk = chunk.ok_or_else(|| {
+            let max_bytes = i64::try_from(limit).unwrap_or(i64::MAX);
+            let chunks = match state
+                .store
+                .staged_chunks(auth.user, &name, count, max_bytes)
+                .await?
+            {
+                StagedChunks::Chunks(chunks) => chunks,
+                StagedChunks::TooLarge { .. } => return Err(too_large()),
+            };
+            let mut joined = Vec::new();
+            for (index, chunk) in (0..).zip(chunks) {
+                let sealed = chunk.ok_or_else(|| {
                     ApiError::bad_request(
                         "missing_chunk",
                         format!("chunk {index} of {name:?} was never written; nothing was changed"),
                     )
                 })?;
+                let chunk = state
+                    .nextchat
+                    .sealer
+                    .open_bytes(auth.user, &staging_place(&name, index), &sealed)
+                    .map_err(ApiError::internal)?;
                 // NextChat's chunker drops exactly one space at every split (§3.3).
                 if index > 0 {
-                    joined.push(' ');
+                    joined.push(b' ');
                 }
-                joined.push_str(&chunk);
+                joined.extend_from_slice(&chunk);
                 if joined.len() > limit {
-                    return Err(ApiError::new(
-                        StatusCode::PAYLOAD_TOO_LARGE,
-                        "payload_too_large",
-                        format!("a NextChat state may be at most {limit} bytes; nothing was changed"),
-                    ));
+                    return Err(too_large());
                 }
             }
-            let upload = tokio::task::spawn_blocking(move || serde_json::from_str::<Value>(&joined))
+            let upload = tokio::task::spawn_blocking(move || serde_json::from_slice::<Value>(&joined))
                 .await?
                 .map_err(|e| {
                     ApiError::bad_request(
