@@ -130,6 +130,21 @@ impl Config {
         }
     }
 
+    /// The path of `public_url` without its trailing slash (`""` at the root): a reverse
+    /// proxy that serves nextsync under a sub-path may pass it on, and the router strips it.
+    pub fn path_prefix(&self) -> &str {
+        let after_scheme = self
+            .public_url
+            .split_once("://")
+            .map_or(self.public_url.as_str(), |(_, rest)| rest);
+        after_scheme
+            .find('/')
+            .map_or("", |slash| {
+                after_scheme[slash..].split(['?', '#']).next().unwrap_or("")
+            })
+            .trim_end_matches('/')
+    }
+
     pub fn sqlite_path(&self) -> PathBuf {
         self.data_dir.join("nextsync.db")
     }

@@ -120,8 +120,24 @@ impl From<tokio::task::JoinError> for ApiError {
     }
 }
 
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
+impl ApiError {
+    /// The error as `text/plain` (`<code>: <message>`), for clients that would take any JSON
+    /// body as data: NextChat's UpStash client reads a JSON error as "remote empty", uploads
+    /// over it and shows "Sync Success"; a body that is not JSON makes it show "Sync Fail".
+    pub fn into_plain_text(self) -> Response {
+        self.log();
+        let body = format!("{}: {}\n", self.code, self.message);
+        let mut response = (
+            self.status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            body,
+        )
+            .into_response();
+        Self::retry_after_header(self.retry_after, &mut response);
+        response
+    }
+
+    fn log(&self) {
         if self.status.is_server_error() {
             match &self.source {
                 Some(source) => {
@@ -130,6 +146,23 @@ impl IntoResponse for ApiError {
                 None => tracing::error!(code = self.code, "request failed"),
             }
         }
+    }
+
+    fn retry_after_header(retry_after: Option<Duration>, response: &mut Response) {
+        if let Some(retry_after) = retry_after {
+            // Round up: "retry after 0 seconds" would invite an immediate retry.
+            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        self.log();
+        let retry_after = self.retry_after;
         let body = ErrorBody {
             error: ErrorDetail {
                 code: self.code.to_owned(),
@@ -144,13 +177,7 @@ impl IntoResponse for ApiError {
                 (self.status, axum::Json(body)).into_response()
             }
         };
-        if let Some(retry_after) = self.retry_after {
-            // Round up: "retry after 0 seconds" would invite an immediate retry.
-            let secs = retry_after.as_secs() + u64::from(retry_after.subsec_nanos() > 0);
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-        }
+        Self::retry_after_header(retry_after, &mut response);
         response
     }
 }

@@ -6,12 +6,15 @@ use crate::{account, auth, metrics, nextchat, ops, sync, ws};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
+use axum::extract::State;
 use axum::http::header::{
     AUTHORIZATION, CONTENT_ENCODING, CONTENT_TYPE, COOKIE, ETAG, HeaderName, IF_MATCH, RETRY_AFTER,
     SET_COOKIE,
 };
 use axum::http::{Method, StatusCode, Uri};
 use axum::middleware;
+use axum::response::{IntoResponse, Response};
+use std::sync::Arc;
 use std::time::Duration;
 use tower_http::compression::CompressionLayer;
 use tower_http::compression::predicate::{NotForContentType, Predicate, SizeAbove};
@@ -27,6 +30,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
+    let prefix: Arc<str> = state.config.path_prefix().into();
     let api = Router::new()
         .merge(auth::router())
         .merge(account::router())
@@ -61,7 +65,9 @@ pub fn app(state: AppState) -> Router {
     // normalised first.
     Router::new()
         .fallback_service(routed)
-        .layer(middleware::map_request(normalize_path))
+        .layer(middleware::map_request(move |request| {
+            std::future::ready(normalize_path(&prefix, request))
+        }))
 }
 
 /// Responses under 512 B go out as they are: a compressor's context costs more to set up
@@ -108,10 +114,15 @@ fn cors() -> CorsLayer {
 }
 
 /// Collapses repeated slashes and drops a trailing one: NextChat's Upstash client asks for
-/// `//api/upstash/get/<key>/` when its proxy URL is absolute (NEXTCHAT.md §3.2).
-async fn normalize_path(mut request: Request) -> Request {
+/// `//api/upstash/get/<key>/` when its proxy URL is absolute (NEXTCHAT.md §3.2). Then drops
+/// the public URL's path `prefix` (`/nextsync` for `https://host/nextsync`), so a reverse
+/// proxy under a sub-path may pass it on or strip it: both reach the same routes.
+fn normalize_path(prefix: &str, mut request: Request) -> Request {
     let path = request.uri().path();
-    if path.len() > 1 && (path.ends_with('/') || path.contains("//")) {
+    let collapse = path.len() > 1 && (path.ends_with('/') || path.contains("//"));
+    let unprefixed = strip_prefix(prefix, path);
+    if collapse || unprefixed.is_some() {
+        let path = unprefixed.unwrap_or(path);
         let mut normalized = String::with_capacity(path.len());
         for segment in path.split('/').filter(|s| !s.is_empty()) {
             normalized.push('/');
@@ -135,8 +146,39 @@ async fn normalize_path(mut request: Request) -> Request {
     request
 }
 
-async fn not_found() -> ApiError {
-    ApiError::not_found("no such endpoint")
+/// `path` without `prefix` when it starts with it at a segment boundary.
+fn strip_prefix<'a>(prefix: &str, path: &'a str) -> Option<&'a str> {
+    if prefix.is_empty() {
+        return None;
+    }
+    let rest = path
+        .trim_start_matches('/')
+        .strip_prefix(prefix.trim_start_matches('/'))?;
+    (rest.is_empty() || rest.starts_with('/')).then_some(rest)
+}
+
+/// Unknown routes are 404 in the error shape, except paths NextChat's sync would use under
+/// a wrong "Proxy Endpoint" or "WebDAV Endpoint": NextChat reads a 404 as "remote empty",
+/// uploads into it and reports success with nothing stored. Those get a 400 whose body is
+/// not JSON, which both of its sync clients report as "Sync Fail" (NEXTCHAT.md §2.5, §7.6).
+async fn not_found(State(state): State<AppState>, uri: Uri) -> Response {
+    let path = uri.path();
+    let nextchat = ["/api/webdav/", "/api/upstash/", "/chatgpt-next-web"]
+        .iter()
+        .any(|door| path.contains(door));
+    if !nextchat {
+        return ApiError::not_found("no such endpoint").into_response();
+    }
+    let base = state.config.public_url.trim_end_matches('/');
+    ApiError::bad_request(
+        "misdirected_sync",
+        format!(
+            "nextsync has no NextChat door at {path}. In NextChat's Cloud Sync settings, set \
+             Proxy Endpoint to {base} (WebDAV or UpStash), or WebDAV Endpoint to {base}/dav/ \
+             behind your own NextChat deployment."
+        ),
+    )
+    .into_plain_text()
 }
 
 async fn method_not_allowed(method: Method) -> ApiError {

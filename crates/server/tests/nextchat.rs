@@ -118,48 +118,50 @@ impl Device {
         (ok, status)
     }
 
-    /// `client.get()`: `""` means "remote empty".
-    async fn get(&self) -> String {
+    /// `client.get()`: `Ok("")` means "remote empty"; `Err` is where NextChat's code throws
+    /// (the sync then shows "Sync Fail").
+    async fn try_get(&self) -> Result<String, String> {
         match &self.provider {
             Provider::WebDav { .. } => {
                 let url = self.dav_url("chatgpt-next-web/backup.json", "");
                 let response = self.request(Method::GET, url, None).await;
                 if response.status() == StatusCode::NOT_FOUND {
-                    return String::new();
+                    return Ok(String::new());
                 }
-                response.text().await.expect("body")
+                Ok(response.text().await.expect("body"))
             }
             Provider::Upstash { backup_name, .. } => {
-                let url = self.upstash_url("get", &format!("{backup_name}-chunk-count"));
-                let body: Value = self
-                    .request(Method::GET, url, None)
-                    .await
-                    .json()
-                    .await
-                    .expect("json");
+                // `res.json()` with no status check: a body that is not JSON throws.
+                let json = async |url: String| -> Result<Value, String> {
+                    let response = self.request(Method::GET, url, None).await;
+                    let status = response.status();
+                    let text = response.text().await.expect("body");
+                    serde_json::from_str(&text)
+                        .map_err(|e| format!("res.json() threw on {status} {text:?}: {e}"))
+                };
+                let body = json(self.upstash_url("get", &format!("{backup_name}-chunk-count"))).await?;
                 // Number(result): null is 0, anything unparseable is "empty".
                 let count = match &body["result"] {
                     Value::Null => 0,
                     Value::String(s) => match s.parse::<usize>() {
                         Ok(n) => n,
-                        Err(_) => return String::new(),
+                        Err(_) => return Ok(String::new()),
                     },
-                    _ => return String::new(),
+                    _ => return Ok(String::new()),
                 };
                 let mut chunks = Vec::new();
                 for i in 0..count {
-                    let url = self.upstash_url("get", &format!("{backup_name}-chunk-{i}"));
-                    let body: Value = self
-                        .request(Method::GET, url, None)
-                        .await
-                        .json()
-                        .await
-                        .expect("json");
+                    let body = json(self.upstash_url("get", &format!("{backup_name}-chunk-{i}"))).await?;
                     chunks.push(body["result"].as_str().unwrap_or_default().to_owned());
                 }
-                chunks.concat()
+                Ok(chunks.concat())
             }
         }
+    }
+
+    /// [`Self::try_get`] where NextChat would not throw.
+    async fn get(&self) -> String {
+        self.try_get().await.expect("NextChat's get() would throw")
     }
 
     /// `client.set()`; NextChat ignores the statuses, the tests look at them.
@@ -187,21 +189,36 @@ impl Device {
         }
     }
 
-    /// The first half of `sync()`: both downloads, merged into the local state. `false`
-    /// when the remote was empty.
-    async fn download(&mut self) -> bool {
-        if self.get().await.is_empty() {
-            return false;
+    /// The first half of `sync()`: both downloads, merged into the local state. `Ok(false)`
+    /// when the remote was empty; `Err` where NextChat throws (`JSON.parse`, or its merge
+    /// meeting a state without the stores it reads).
+    async fn try_download(&mut self) -> Result<bool, String> {
+        if self.try_get().await?.is_empty() {
+            return Ok(false);
         }
-        let remote: Value = serde_json::from_str(&self.get().await).expect("the download parses");
+        let text = self.try_get().await?;
+        let remote: Value = serde_json::from_str(&text).map_err(|e| format!("JSON.parse threw: {e}"))?;
+        if !remote["chat-next-web-store"]["sessions"].is_array() {
+            return Err(format!("mergeAppState threw on {text:?}"));
+        }
         merge_app_state(&mut self.local, &remote);
-        true
+        Ok(true)
     }
 
-    /// `sync()`.
+    async fn download(&mut self) -> bool {
+        self.try_download().await.expect("NextChat's sync would fail")
+    }
+
+    /// `sync()` as the user sees it: `Ok` with the upload's statuses is "Sync Success"
+    /// (NextChat ignores them), `Err` is "Sync Fail".
+    async fn try_sync(&mut self) -> Result<Vec<StatusCode>, String> {
+        self.try_download().await?;
+        Ok(self.set(self.local.to_string()).await)
+    }
+
+    /// `sync()`, which must succeed and be stored.
     async fn sync(&mut self) {
-        self.download().await;
-        let statuses = self.set(self.local.to_string()).await;
+        let statuses = self.try_sync().await.expect("Sync Fail");
         assert!(
             statuses.iter().all(|s| s.is_success()),
             "an upload was refused: {statuses:?}"
@@ -371,6 +388,18 @@ async fn app_password(api: &Api, session: &Session) -> String {
     body["password"].as_str().expect("password").to_owned()
 }
 
+/// The code of an error the UpStash door answered: plain text `<code>: <message>`, never
+/// JSON (NextChat would read a JSON error as an empty remote and report success).
+async fn upstash_error_code(response: reqwest::Response) -> String {
+    let text = response.text().await.expect("body");
+    assert!(
+        serde_json::from_str::<Value>(&text).is_err(),
+        "a JSON error from the UpStash door: {text}"
+    );
+    text.split_once(':')
+        .map_or(text.clone(), |(code, _)| code.to_owned())
+}
+
 async fn put_settings(api: &Api, session: &Session, body: Value) -> (StatusCode, Value) {
     api.send(Method::PUT, "/v1/nextchat/settings", session.token(), Some(body))
         .await
@@ -392,6 +421,8 @@ both_backends!(
     a_multi_megabyte_upstash_state_survives_the_lossy_chunker,
     an_upstash_commit_that_does_not_parse_changes_nothing,
     staged_upstash_chunks_never_reach_the_disk_in_plaintext,
+    a_wrong_endpoint_or_token_shows_sync_fail_never_success,
+    every_route_is_served_under_the_public_urls_path,
     upstash_staging_is_capped_per_account_and_expires,
     both_gets_of_one_sync_see_the_same_state,
     the_plain_webdav_target_takes_chunked_uploads_and_creates_its_folder,
@@ -738,12 +769,11 @@ async fn an_upstash_commit_that_does_not_parse_changes_nothing(db: TestDb) {
     );
     let response = set("torn-chunk-count", "1").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    let body: Value = response.json().await.expect("json");
-    assert_eq!(error_code(&body), "invalid_nextchat_state");
+    assert_eq!(upstash_error_code(response).await, "invalid_nextchat_state");
     // A count naming a chunk that never came.
     let response = set("torn-chunk-count", "2").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(error_code(&response.json().await.expect("json")), "missing_chunk");
+    assert_eq!(upstash_error_code(response).await, "missing_chunk");
     // JSON, but not a NextChat state.
     assert_eq!(
         set("other-chunk-0", r#"{"error":true}"#).await.status(),
@@ -791,6 +821,117 @@ async fn staged_upstash_chunks_never_reach_the_disk_in_plaintext(db: TestDb) {
     assert!(found.is_empty(), "the API key is readable in {found:?}");
 }
 
+/// NextChat shows "Sync Success" after any GET that answers 404 or a JSON body without its
+/// stores (UpStash), having uploaded into nothing. A mistyped endpoint or a wrong token must
+/// make it show "Sync Fail" instead, and store nothing.
+async fn a_wrong_endpoint_or_token_shows_sync_fail_never_success(db: TestDb) {
+    let (_server, api) = start(&db).await;
+    let ann = api.register("ann@example.com").await;
+    let password = app_password(&api, &ann).await;
+    let local = nextchat_state(vec![session("s1", 1, vec![message("a", "user", "hi", 1)])]);
+    let misrouted = format!("{}/nextsync", api.base_url);
+    let mut devices = vec![
+        ("WebDAV, wrong proxy path", {
+            let mut device = Device::webdav(&api, "ann@example.com", &password, local.clone());
+            device.proxy = misrouted.clone();
+            device
+        }),
+        ("UpStash, wrong proxy path", {
+            let mut device = Device::upstash(&api, &password, local.clone());
+            device.proxy = misrouted.clone();
+            device
+        }),
+        (
+            "UpStash, wrong token",
+            Device::upstash(&api, "nsa_not-a-real-app-password", local.clone()),
+        ),
+        (
+            "UpStash, a revoked-looking token of the right shape",
+            Device::upstash(
+                &api,
+                &format!("{}x", &password[..password.len() - 1]),
+                local.clone(),
+            ),
+        ),
+        (
+            "WebDAV, wrong password",
+            Device::webdav(&api, "ann@example.com", "nsa_wrong", local.clone()),
+        ),
+    ];
+    for (what, device) in &mut devices {
+        let (ok, status) = device.check().await;
+        assert!(!ok, "{what}: Check Connection passed ({status})");
+        let outcome = device.try_sync().await;
+        assert!(
+            outcome.is_err(),
+            "{what}: NextChat would show Sync Success: {outcome:?}"
+        );
+    }
+    // The plain target behind a NextChat deployment, with a wrong WebDAV Endpoint: NextChat's
+    // proxy passes our answer on unchanged.
+    let response = api
+        .http
+        .get(format!("{misrouted}/dav/chatgpt-next-web/backup.json"))
+        .basic_auth("ann@example.com", Some(&password))
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    let text = response.text().await.expect("body");
+    assert!(serde_json::from_str::<Value>(&text).is_err(), "{text}");
+    assert!(
+        text.contains("Proxy Endpoint"),
+        "the answer says what to fix: {text}"
+    );
+    // Other unknown paths keep the API's 404 in the error shape.
+    let (status, body) = api.get("/v1/no-such-thing", None).await;
+    assert_eq!((status, error_code(&body)), (StatusCode::NOT_FOUND, "not_found"));
+    assert!(
+        session_ids(&server_state(&api, &ann).await).is_empty(),
+        "nothing was stored"
+    );
+}
+
+/// A reverse proxy that serves nextsync under `/nextsync` may pass the prefix on: every
+/// route answers under the public URL's path as well as at the root.
+async fn every_route_is_served_under_the_public_urls_path(db: TestDb) {
+    let mut config = db.config();
+    config.public_url = "https://sync.example.org/nextsync/".into();
+    let server = nextsync_testkit::TestServer::start(config).await;
+    let root = Api::new(&server);
+    let prefixed = Api {
+        http: root.http.clone(),
+        base_url: format!("{}/nextsync", server.base_url),
+    };
+    let ann = prefixed.register("ann@example.com").await;
+    let password = app_password(&prefixed, &ann).await;
+    let (status, me) = root.get("/v1/me", ann.token()).await;
+    assert_eq!(
+        (status, me["email"].as_str()),
+        (StatusCode::OK, Some("ann@example.com"))
+    );
+
+    let mut laptop = Device::webdav(
+        &prefixed,
+        "ann@example.com",
+        &password,
+        nextchat_state(vec![session(
+            "s1",
+            1,
+            vec![message("a", "user", "from the laptop", 1)],
+        )]),
+    );
+    laptop.sync().await;
+    let mut phone = Device::upstash(&prefixed, &password, nextchat_state(vec![]));
+    phone.sync().await;
+    assert_eq!(contents(&phone.local)["a"], "from the laptop");
+    // The prefix is stripped only as a whole path segment.
+    let (status, _) = root.get("/nextsyncx/healthz", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = root.get("/nextsync/healthz", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
+
 async fn upstash_staging_is_capped_per_account_and_expires(db: TestDb) {
     let mut config = db.config();
     config.nextchat_max_upload_bytes = 4096;
@@ -806,10 +947,7 @@ async fn upstash_staging_is_capped_per_account_and_expires(db: TestDb) {
     assert_eq!(set("a-chunk-0", "x".repeat(3000)).await.status(), StatusCode::OK);
     let response = set("b-chunk-0", "y".repeat(3000)).await;
     assert_eq!(response.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(
-        error_code(&response.json().await.expect("json")),
-        "payload_too_large"
-    );
+    assert_eq!(upstash_error_code(response).await, "payload_too_large");
     // Chunk 0 starts a new upload of its name, so a retried upload is not refused.
     assert_eq!(set("a-chunk-0", "x".repeat(3000)).await.status(), StatusCode::OK);
     assert_eq!(set("a-chunk-1", "x".repeat(1000)).await.status(), StatusCode::OK);
@@ -827,7 +965,7 @@ async fn upstash_staging_is_capped_per_account_and_expires(db: TestDb) {
     assert_eq!(expired, 2);
     let response = set("a-chunk-count", "1".to_owned()).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
-    assert_eq!(error_code(&response.json().await.expect("json")), "missing_chunk");
+    assert_eq!(upstash_error_code(response).await, "missing_chunk");
     // With nothing staged, the whole budget is free again.
     assert_eq!(set("b-chunk-0", "y".repeat(4000)).await.status(), StatusCode::OK);
 }
@@ -909,7 +1047,9 @@ async fn the_plain_webdav_target_takes_chunked_uploads_and_creates_its_folder(db
     let got: Value = response.json().await.expect("json");
     assert_eq!(contents(&got)["a"], "via a proxy");
 
-    // Bad credentials: 401 with a JSON body and no login prompt, never a 404 or an empty body.
+    // Bad credentials: 401 with a body and no login prompt, never a 404 or an empty body;
+    // JSON on the WebDAV doors (NextChat's merge then throws), plain text on the UpStash
+    // door (NextChat would read a JSON error as an empty remote).
     for authorization in [
         format!("Basic {}", STANDARD.encode(b"ann@example.com:nsa_wrong")),
         // ISO-8859-1 bytes (what btoa makes of "é"), not UTF-8.
@@ -943,8 +1083,13 @@ async fn the_plain_webdav_target_takes_chunked_uploads_and_creates_its_folder(db
                 "*",
                 "errors carry CORS headers"
             );
-            let body: Value = response.json().await.expect("a JSON body");
-            assert_eq!(error_code(&body), "invalid_app_password");
+            let code = if path.contains("/api/upstash/") {
+                upstash_error_code(response).await
+            } else {
+                let body: Value = response.json().await.expect("a JSON body");
+                error_code(&body).to_owned()
+            };
+            assert_eq!(code, "invalid_app_password");
         }
     }
 

@@ -2,6 +2,8 @@
 //! `GET /api/upstash/get/<key>` and `POST /api/upstash/set/<key>`, answering like Upstash's
 //! REST API (`{"result": …}`), authenticated by `Authorization: Bearer <app password>`.
 //! (The client's doubled leading and trailing slashes are normalised before routing.)
+//! Errors are plain text, never JSON: NextChat's client reads any JSON answer's `result`,
+//! takes a missing one as "remote empty" and reports success (NEXTCHAT.md §7.6).
 //!
 //! NextChat writes `<name>-chunk-<i>` for each piece of its lossy chunker, then
 //! `<name>-chunk-count`. Here chunk writes are staged and the count write commits: the chunks
@@ -65,7 +67,15 @@ fn result(value: Value) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn upstash(
+/// Every answer of this door; its errors are plain text (see [`ApiError::into_plain_text`]):
+/// Upstash's own JSON errors make NextChat report a failed sync as a success.
+async fn upstash(state: State<AppState>, path: Path<(String, String)>, request: Request) -> Response {
+    serve_upstash(state, path, request)
+        .await
+        .unwrap_or_else(ApiError::into_plain_text)
+}
+
+async fn serve_upstash(
     State(state): State<AppState>,
     Path((action, key)): Path<(String, String)>,
     request: Request,
