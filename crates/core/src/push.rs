@@ -105,9 +105,14 @@ pub fn validate_record_id(id: &str) -> Result<(), Invalid> {
 
 pub fn validate_fields(fields: &serde_json::Map<String, Value>, limits: &SyncLimits) -> Result<(), Invalid> {
     for (name, value) in fields {
+        // No control characters: a conflict keeps the field name as text, and PostgreSQL's
+        // text refuses NUL, which would fail that push with a 500 on every retry.
         let len = name.chars().count();
-        if !(1..=128).contains(&len) {
-            return Err(invalid("invalid_field", "field names are 1 to 128 characters"));
+        if !(1..=128).contains(&len) || name.chars().any(char::is_control) {
+            return Err(invalid(
+                "invalid_field",
+                "field names are 1 to 128 printable characters",
+            ));
         }
         let size = json_len(value);
         if size > limits.max_field_bytes {
@@ -406,6 +411,20 @@ mod tests {
                     ..ok.clone()
                 },
                 "invalid_op",
+            ),
+            (
+                MutationIn {
+                    fields: json!({"a\u{0}b": 1}).as_object().cloned(),
+                    ..ok.clone()
+                },
+                "invalid_field",
+            ),
+            (
+                MutationIn {
+                    fields: json!({"line\nbreak": 1}).as_object().cloned(),
+                    ..ok.clone()
+                },
+                "invalid_field",
             ),
         ];
         for (mutation, code) in cases {

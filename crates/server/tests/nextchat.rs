@@ -968,6 +968,10 @@ async fn upstash_staging_is_capped_per_account_and_expires(db: TestDb) {
     assert_eq!(upstash_error_code(response).await, "missing_chunk");
     // With nothing staged, the whole budget is free again.
     assert_eq!(set("b-chunk-0", "y".repeat(4000)).await.status(), StatusCode::OK);
+    // A NUL in a key (PostgreSQL's text refuses it) is refused alike on both backends.
+    let response = set("nul%00name-chunk-0", "z".to_owned()).await;
+    assert_eq!(response.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(upstash_error_code(response).await, "invalid_key");
 }
 
 async fn both_gets_of_one_sync_see_the_same_state(db: TestDb) {

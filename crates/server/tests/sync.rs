@@ -55,6 +55,7 @@ both_backends!(
     paging_through_ten_thousand_records_gives_each_once_in_order,
     a_foreign_users_push_lands_only_in_their_space,
     refused_pushes_leave_nothing_behind,
+    names_with_control_characters_are_refused_alike_on_both_backends,
     the_records_api_locks_optimistically,
     cursors_of_another_feed_require_a_resync,
     compressed_pushes_are_accepted_and_the_bus_hears_commits,
@@ -346,6 +347,71 @@ async fn a_foreign_users_push_lands_only_in_their_space(db: TestDb) {
     );
     let (status, _) = api.get("/v1/records/messages/only-ann", bob.token()).await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+/// PostgreSQL's text refuses NUL; SQLite takes it. A name that one backend would store and
+/// the other would fail on with a 500 at every retry (wedging a client's outbox) is refused
+/// at validation, alike on both.
+async fn names_with_control_characters_are_refused_alike_on_both_backends(db: TestDb) {
+    let (_server, api) = start(&db).await;
+    let laptop = api.register("ann@example.org").await;
+    let phone = api.login("ann@example.org", nextsync_testkit::PASSWORD).await;
+    let t = now_ms();
+    let (status, body) = push(
+        &api,
+        &laptop,
+        vec![upsert("m1", "r1", &stamp(t, 0, "laptop"), json!({"t": 1}), None)],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // A concurrent write of another field would keep a conflict entry named by the field.
+    for name in ["a\u{0}b", "tab\there"] {
+        let (status, body) = push(
+            &api,
+            &phone,
+            vec![upsert(
+                "m2",
+                "r1",
+                &stamp(t, 1, "phone"),
+                json!({ name: 2 }),
+                Some(0),
+            )],
+        )
+        .await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid_field"),
+            "{name:?}"
+        );
+        let (status, body) = api
+            .send(
+                reqwest::Method::PUT,
+                "/v1/records/messages/r1",
+                phone.token(),
+                Some(json!({ "fields": { name: 2 } })),
+            )
+            .await;
+        assert_eq!(
+            (status, error_code(&body)),
+            (StatusCode::BAD_REQUEST, "invalid_field"),
+            "{name:?}"
+        );
+    }
+    // Nothing is wedged: the same mutation id with a clean name goes through.
+    let (status, body) = push(
+        &api,
+        &phone,
+        vec![upsert(
+            "m2",
+            "r1",
+            &stamp(t, 1, "phone"),
+            json!({"ok": 2}),
+            Some(0),
+        )],
+    )
+    .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["results"][0]["status"], "applied", "{body}");
 }
 
 async fn refused_pushes_leave_nothing_behind(db: TestDb) {
