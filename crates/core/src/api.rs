@@ -104,6 +104,10 @@ pub struct DeviceList {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct CreateAppPasswordRequest {
     pub label: String,
+    /// The account password; needed unless this device signed in within the last 10 minutes
+    /// (an app password outlives the access token that made it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password: Option<Secret>,
 }
 
 /// The only time an app password is shown: it is stored hashed.

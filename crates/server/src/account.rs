@@ -18,9 +18,11 @@ use nextsync_core::api::{
 };
 use nextsync_core::ids::{AppPasswordId, DeviceId};
 use nextsync_core::time::Timestamp;
-use nextsync_store::accounts::NewAppPassword;
+use nextsync_store::accounts::{DeviceEnd, NewAppPassword};
 
 const MAX_LABEL_CHARS: usize = 100;
+/// A sign-in this recent may create an app password without typing the password again.
+const RECENT_SIGN_IN_SECS: i64 = 10 * 60;
 
 pub fn router() -> Router<AppState> {
     Router::new()
@@ -86,7 +88,7 @@ pub async fn list_devices(
 #[utoipa::path(delete, path = "/v1/devices/{id}", tag = "account", security(("bearer" = [])),
     params(("id" = String, Path, description = "device id")),
     responses(
-        (status = 204, description = "the device is signed out"),
+        (status = 204, description = "the device is signed out, and the app passwords it made are deleted"),
         (status = 404, description = "no such device of this account", body = ErrorBody),
     ))]
 pub async fn revoke_device(
@@ -98,7 +100,7 @@ pub async fn revoke_device(
     let device: DeviceId = id.parse().map_err(|_| not_found())?;
     if state
         .store
-        .revoke_device(auth.user, device, Timestamp::now())
+        .revoke_device(auth.user, device, Timestamp::now(), DeviceEnd::Remove)
         .await?
     {
         state.bus.notify(Notice::SignedOut { user: auth.user });
@@ -113,6 +115,7 @@ pub async fn revoke_device(
     responses(
         (status = 201, description = "the password is shown this once", body = AppPasswordCreated),
         (status = 400, description = "invalid_label", body = ErrorBody),
+        (status = 403, description = "password_required (this device signed in over 10 minutes ago; send `password`) or wrong_password", body = ErrorBody),
     ))]
 pub async fn create_app_password(
     State(state): State<AppState>,
@@ -126,13 +129,36 @@ pub async fn create_app_password(
             format!("label must be 1 to {MAX_LABEL_CHARS} printable characters"),
         ));
     }
+    // An app password outlives the access token that asks for it: a stolen 15-minute token
+    // must not be enough to mint one. A fresh sign-in has just proven the password.
+    let now = Timestamp::now();
+    match &req.password {
+        Some(password) => {
+            confirm_password(&state, auth, password).await?;
+        }
+        None => {
+            let status = state
+                .store
+                .device_status(auth.user, auth.device)
+                .await?
+                .ok_or_else(|| ApiError::unauthorized("token_revoked", "this device is signed out"))?;
+            if status.signed_in_at < now.minus_secs(RECENT_SIGN_IN_SECS) {
+                return Err(ApiError::forbidden(
+                    "password_required",
+                    "confirm your account password (`password`) to create an app password; \
+                     a sign-in of the last 10 minutes needs none",
+                ));
+            }
+        }
+    }
     let (password, secret_hash) = new_opaque(TokenKind::AppPassword, auth.user)?;
     let created = NewAppPassword {
         user_id: auth.user,
         id: AppPasswordId::new(),
         label,
         secret_hash,
-        created_at: Timestamp::now(),
+        created_at: now,
+        created_by: auth.device,
     };
     state.store.create_app_password(&created).await?;
     Ok((

@@ -18,6 +18,7 @@ both_backends!(
     forged_and_expired_access_tokens_are_refused,
     logout_and_device_removal_refuse_the_device_at_once,
     users_cannot_see_or_touch_each_others_devices_and_app_passwords,
+    app_passwords_need_a_fresh_sign_in_and_end_with_the_password_or_their_device,
     a_password_reset_mail_works_once_and_signs_everything_out,
     changing_the_password_signs_out_the_other_devices,
     deleting_the_account_removes_every_row,
@@ -432,6 +433,107 @@ async fn reset_token_from_outbox(db: &TestDb, expected_mails: usize) -> String {
     .expect("a reset mail in the outbox");
     let start = mail.find("token=").expect("token in mail") + "token=".len();
     mail[start..].split_whitespace().next().expect("token").to_owned()
+}
+
+/// An app password outlives the access token that made it, so a stolen 15-minute token must
+/// not be able to mint one that survives the owner's response: creating one needs a fresh
+/// sign-in or the password, removing the device that made it ends it, and so does a new
+/// password.
+async fn app_passwords_need_a_fresh_sign_in_and_end_with_the_password_or_their_device(db: TestDb) {
+    let (server, api) = start(&db).await;
+    let laptop = api.register("ann@example.org").await;
+    let create = async |token: &str, body: Value| api.post("/v1/app-passwords", Some(token), body).await;
+    let door = async |password: &str| {
+        api.http
+            .get(format!("{}/dav/chatgpt-next-web/backup.json", api.base_url))
+            .basic_auth("ann@example.org", Some(password))
+            .send()
+            .await
+            .expect("request")
+            .status()
+    };
+    // A fresh sign-in needs no password.
+    let (status, fresh) = create(&laptop.access, json!({"label": "fresh"})).await;
+    assert_eq!(status, StatusCode::CREATED, "{fresh}");
+    let fresh = fresh["password"].as_str().expect("password").to_owned();
+
+    // A device that signed in an hour ago (its access token still valid) needs the password.
+    let user: nextsync_core::ids::UserId = laptop.user_id.parse().expect("user id");
+    let an_hour_ago = nextsync_core::time::Timestamp::now().minus_secs(3600);
+    let old_device = nextsync_store::accounts::NewDevice {
+        user_id: user,
+        device_id: nextsync_core::ids::DeviceId::new(),
+        name: "old tab".into(),
+        refresh: nextsync_store::accounts::NewRefreshToken {
+            hash: nextsync_core::ids::TokenHash([7; 32]),
+            created_at: an_hour_ago,
+            expires_at: an_hour_ago.plus_secs(86_400),
+        },
+    };
+    server
+        .state
+        .store
+        .add_device(&old_device)
+        .await
+        .expect("add device");
+    let old_token = server
+        .state
+        .tokens
+        .issue(user, old_device.device_id, nextsync_core::time::Timestamp::now())
+        .expect("token");
+    let old_token = old_token.expose();
+    let (status, body) = create(old_token, json!({"label": "stolen?"})).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "password_required")
+    );
+    let (status, body) = create(
+        old_token,
+        json!({"label": "stolen?", "password": "not it at all"}),
+    )
+    .await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::FORBIDDEN, "wrong_password")
+    );
+    let (status, by_old) = create(old_token, json!({"label": "confirmed", "password": PASSWORD})).await;
+    assert_eq!(status, StatusCode::CREATED, "{by_old}");
+    let by_old = by_old["password"].as_str().expect("password").to_owned();
+    assert_eq!(
+        door(&by_old).await,
+        StatusCode::NOT_FOUND,
+        "works: nothing uploaded yet"
+    );
+
+    // Removing the device that made it ends it; the others keep working.
+    let (status, _) = api
+        .delete(
+            &format!("/v1/devices/{}", old_device.device_id),
+            laptop.token(),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(door(&by_old).await, StatusCode::UNAUTHORIZED);
+    assert_eq!(door(&fresh).await, StatusCode::NOT_FOUND);
+    // Signing out of the web app does not stop a NextChat set up from it.
+    let phone = api.login("ann@example.org", PASSWORD).await;
+    let (status, _) = api.post("/v1/auth/logout", laptop.token(), json!({})).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(door(&fresh).await, StatusCode::NOT_FOUND);
+
+    // A new password ends every app password.
+    let (status, body) = api
+        .post(
+            "/v1/auth/password/change",
+            phone.token(),
+            json!({"current_password": PASSWORD, "new_password": "a brand new passphrase"}),
+        )
+        .await;
+    assert!(status.is_success(), "{status} {body}");
+    assert_eq!(door(&fresh).await, StatusCode::UNAUTHORIZED);
+    let (_, listed) = api.get("/v1/app-passwords", phone.token()).await;
+    assert_eq!(listed["app_passwords"], json!([]));
 }
 
 async fn a_password_reset_mail_works_once_and_signs_everything_out(db: TestDb) {

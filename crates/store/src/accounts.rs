@@ -74,6 +74,19 @@ pub struct DeviceStatus {
     pub revoked: bool,
     pub user_disabled: bool,
     pub last_seen_at: Timestamp,
+    /// When the device signed in (entered the password, or registered).
+    pub signed_in_at: Timestamp,
+}
+
+/// How a device ends, for [`AccountStore::revoke_device`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceEnd {
+    /// The device signed itself out: app passwords it made keep working (a NextChat set up
+    /// from the web app keeps syncing after its tab signs out).
+    SignOut,
+    /// The account removed it, or its refresh token was stolen: the app passwords it made
+    /// go too, so a stolen access token cannot mint a credential that survives the device.
+    Remove,
 }
 
 impl DeviceStatus {
@@ -108,6 +121,8 @@ pub struct NewAppPassword {
     pub label: String,
     pub secret_hash: TokenHash,
     pub created_at: Timestamp,
+    /// The signed-in device that made it.
+    pub created_by: DeviceId,
 }
 
 #[derive(Debug, Clone)]
@@ -135,7 +150,8 @@ pub trait AccountStore {
     ) -> Result<bool, StoreError>;
     /// Deletes the account and every row that belongs to it. False when it did not exist.
     async fn delete_user(&self, user: UserId) -> Result<bool, StoreError>;
-    /// Replaces the password hash and revokes every device except `keep`, in one transaction.
+    /// Replaces the password hash, revokes every device except `keep` and deletes every app
+    /// password, in one transaction.
     async fn set_password(
         &self,
         user: UserId,
@@ -152,12 +168,18 @@ pub trait AccountStore {
     /// The user's signed-in (not revoked) devices, oldest first.
     async fn list_devices(&self, user: UserId) -> Result<Vec<Device>, StoreError>;
     /// False when the device does not exist for this user or was already revoked.
-    async fn revoke_device(&self, user: UserId, device: DeviceId, now: Timestamp)
-    -> Result<bool, StoreError>;
+    async fn revoke_device(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        now: Timestamp,
+        end: DeviceEnd,
+    ) -> Result<bool, StoreError>;
     /// Signed-in devices of enabled accounts, over all users (a metrics gauge).
     async fn count_active_devices(&self) -> Result<i64, StoreError>;
     /// Single use: marks `presented` used and stores `next`, or detects reuse and revokes the
-    /// whole family. Safe under concurrent calls with the same token: exactly one rotates.
+    /// whole family (as [`DeviceEnd::Remove`]). Safe under concurrent calls with the same
+    /// token: exactly one rotates.
     async fn rotate_refresh_token(
         &self,
         user: UserId,
@@ -172,7 +194,8 @@ pub trait AccountStore {
         created_at: Timestamp,
         expires_at: Timestamp,
     ) -> Result<(), StoreError>;
-    /// Single use: on success sets the new password and revokes every device of the user.
+    /// Single use: on success sets the new password, revokes every device of the user and
+    /// deletes every app password.
     async fn consume_password_reset(
         &self,
         user: UserId,
@@ -218,7 +241,7 @@ pub(crate) const DELETE_USER: &str = "DELETE FROM users WHERE user_id = $1";
 pub(crate) const SET_PASSWORD: &str = "UPDATE users SET password_hash = $2 WHERE user_id = $1";
 pub(crate) const REVOKE_DEVICES_EXCEPT: &str = "UPDATE devices SET revoked_at = $2 \
      WHERE user_id = $1 AND revoked_at IS NULL AND ($3 IS NULL OR device_id <> $3)";
-pub(crate) const SELECT_DEVICE_STATUS: &str = "SELECT d.revoked_at, d.last_seen_at, u.disabled_at \
+pub(crate) const SELECT_DEVICE_STATUS: &str = "SELECT d.revoked_at, d.last_seen_at, d.created_at, u.disabled_at \
      FROM devices d JOIN users u ON u.user_id = d.user_id WHERE d.user_id = $1 AND d.device_id = $2";
 pub(crate) const TOUCH_DEVICE: &str =
     "UPDATE devices SET last_seen_at = $3 WHERE user_id = $1 AND device_id = $2 AND last_seen_at < $3";
@@ -242,7 +265,10 @@ pub(crate) const SELECT_RESET: &str =
     "SELECT used_at FROM password_resets WHERE user_id = $1 AND token_hash = $2";
 pub(crate) const VOID_RESETS: &str =
     "UPDATE password_resets SET used_at = $2 WHERE user_id = $1 AND used_at IS NULL";
-pub(crate) const INSERT_APP_PASSWORD: &str = "INSERT INTO app_passwords (user_id, app_password_id, label, secret_hash, created_at) VALUES ($1, $2, $3, $4, $5)";
+pub(crate) const INSERT_APP_PASSWORD: &str = "INSERT INTO app_passwords (user_id, app_password_id, label, secret_hash, created_at, created_by) VALUES ($1, $2, $3, $4, $5, $6)";
+pub(crate) const DELETE_APP_PASSWORDS: &str = "DELETE FROM app_passwords WHERE user_id = $1";
+pub(crate) const DELETE_DEVICE_APP_PASSWORDS: &str =
+    "DELETE FROM app_passwords WHERE user_id = $1 AND created_by = $2";
 pub(crate) const SELECT_APP_PASSWORDS: &str = "SELECT app_password_id, label, created_at, last_used_at FROM app_passwords \
      WHERE user_id = $1 ORDER BY created_at, app_password_id";
 pub(crate) const DELETE_APP_PASSWORD: &str =
@@ -415,6 +441,7 @@ macro_rules! impl_account_store {
                     return Ok(false);
                 }
                 revoke_devices_except(&mut tx, user, keep, now).await?;
+                delete_app_passwords(&mut tx, user).await?;
                 tx.commit().await?;
                 Ok(true)
             }
@@ -441,6 +468,7 @@ macro_rules! impl_account_store {
                         revoked: account_rows::opt_ts(&row, "revoked_at")?.is_some(),
                         user_disabled: account_rows::opt_ts(&row, "disabled_at")?.is_some(),
                         last_seen_at: account_rows::ts(&row, "last_seen_at")?,
+                        signed_in_at: account_rows::ts(&row, "created_at")?,
                     })
                 })
                 .transpose()
@@ -476,14 +504,12 @@ macro_rules! impl_account_store {
                 user: UserId,
                 device: DeviceId,
                 now: Timestamp,
+                end: DeviceEnd,
             ) -> Result<bool, StoreError> {
-                let done = sqlx::query(REVOKE_DEVICE)
-                    .bind(user.as_uuid())
-                    .bind(device.as_uuid())
-                    .bind(now.as_millis())
-                    .execute(self.writer())
-                    .await?;
-                Ok(done.rows_affected() == 1)
+                let mut tx = self.writer().begin().await?;
+                let revoked = revoke_one_device(&mut tx, user, device, now, end).await?;
+                tx.commit().await?;
+                Ok(revoked)
             }
 
             async fn count_active_devices(&self) -> Result<i64, StoreError> {
@@ -518,12 +544,7 @@ macro_rules! impl_account_store {
                         return Ok(RefreshOutcome::Invalid);
                     };
                     let device_id = DeviceId::from_uuid(account_rows::uuid(&earlier, "device_id")?);
-                    sqlx::query(REVOKE_DEVICE)
-                        .bind(user.as_uuid())
-                        .bind(device_id.as_uuid())
-                        .bind(now.as_millis())
-                        .execute(&mut *tx)
-                        .await?;
+                    revoke_one_device(&mut tx, user, device_id, now, DeviceEnd::Remove).await?;
                     tx.commit().await?;
                     return Ok(RefreshOutcome::Reused { device_id });
                 };
@@ -620,6 +641,7 @@ macro_rules! impl_account_store {
                     .execute(&mut *tx)
                     .await?;
                 revoke_devices_except(&mut tx, user, None, now).await?;
+                delete_app_passwords(&mut tx, user).await?;
                 tx.commit().await?;
                 Ok(ResetOutcome::Done)
             }
@@ -631,6 +653,7 @@ macro_rules! impl_account_store {
                     .bind(&password.label)
                     .bind(&password.secret_hash.0[..])
                     .bind(password.created_at.as_millis())
+                    .bind(password.created_by.as_uuid())
                     .execute(self.writer())
                     .await?;
                 Ok(())
@@ -704,6 +727,42 @@ macro_rules! impl_account_store {
                 .bind(device.device_id.as_uuid())
                 .bind(now)
                 .bind(device.refresh.expires_at.as_millis())
+                .execute(&mut **tx)
+                .await?;
+            Ok(())
+        }
+
+        /// Revokes one device; with [`DeviceEnd::Remove`] the app passwords it made go too.
+        async fn revoke_one_device(
+            tx: &mut sqlx::Transaction<'_, <$row as sqlx::Row>::Database>,
+            user: UserId,
+            device: DeviceId,
+            now: Timestamp,
+            end: DeviceEnd,
+        ) -> Result<bool, StoreError> {
+            let done = sqlx::query(REVOKE_DEVICE)
+                .bind(user.as_uuid())
+                .bind(device.as_uuid())
+                .bind(now.as_millis())
+                .execute(&mut **tx)
+                .await?;
+            if end == DeviceEnd::Remove {
+                sqlx::query(DELETE_DEVICE_APP_PASSWORDS)
+                    .bind(user.as_uuid())
+                    .bind(device.as_uuid())
+                    .execute(&mut **tx)
+                    .await?;
+            }
+            Ok(done.rows_affected() == 1)
+        }
+
+        /// A new password ends every app password: they were granted under the old one.
+        async fn delete_app_passwords(
+            tx: &mut sqlx::Transaction<'_, <$row as sqlx::Row>::Database>,
+            user: UserId,
+        ) -> Result<(), StoreError> {
+            sqlx::query(DELETE_APP_PASSWORDS)
+                .bind(user.as_uuid())
                 .execute(&mut **tx)
                 .await?;
             Ok(())

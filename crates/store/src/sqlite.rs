@@ -59,6 +59,11 @@ fn migrator() -> Migrator {
             "sealed_staging",
             include_str!("../migrations/sqlite/0005_sealed_staging.sql"),
         ),
+        migration(
+            6,
+            "app_password_device",
+            include_str!("../migrations/sqlite/0006_app_password_device.sql"),
+        ),
     ])
 }
 

@@ -6,7 +6,7 @@ use nextsync_core::ids::{AppPasswordId, DeviceId, TokenHash, UserId};
 use nextsync_core::secret::Secret;
 use nextsync_core::time::Timestamp;
 use nextsync_store::accounts::{
-    NewAppPassword, NewDevice, NewRefreshToken, NewUser, RefreshOutcome, ResetOutcome,
+    DeviceEnd, NewAppPassword, NewDevice, NewRefreshToken, NewUser, RefreshOutcome, ResetOutcome,
 };
 use nextsync_store::{Store, StoreError};
 use nextsync_testkit::{TestDb, both_backends};
@@ -62,6 +62,7 @@ both_backends!(
     a_reset_token_works_once_and_signs_everyone_out,
     an_expired_reset_token_is_expired,
     app_passwords_are_scoped_to_their_user,
+    app_passwords_end_with_the_password_and_with_the_device_that_made_them,
     a_disabled_user_has_no_active_devices_or_app_passwords,
     deleting_a_user_leaves_no_row_behind,
 );
@@ -113,7 +114,7 @@ async fn devices_are_listed_touched_and_revoked_per_user(db: TestDb) {
     assert_eq!(store.device_status(ann, bob_phone).await.expect("status"), None);
     assert!(
         !store
-            .revoke_device(ann, bob_phone, Timestamp::now())
+            .revoke_device(ann, bob_phone, Timestamp::now(), DeviceEnd::SignOut)
             .await
             .expect("revoke")
     );
@@ -128,13 +129,13 @@ async fn devices_are_listed_touched_and_revoked_per_user(db: TestDb) {
 
     assert!(
         store
-            .revoke_device(ann, ann_laptop, Timestamp::now())
+            .revoke_device(ann, ann_laptop, Timestamp::now(), DeviceEnd::SignOut)
             .await
             .expect("revoke")
     );
     assert!(
         !store
-            .revoke_device(ann, ann_laptop, Timestamp::now())
+            .revoke_device(ann, ann_laptop, Timestamp::now(), DeviceEnd::SignOut)
             .await
             .expect("revoke twice")
     );
@@ -419,6 +420,7 @@ async fn app_passwords_are_scoped_to_their_user(db: TestDb) {
         label: "NextChat".into(),
         secret_hash: hash(70),
         created_at: Timestamp::now(),
+        created_by: DeviceId::new(),
     };
     store.create_app_password(&created).await.expect("create");
     let found = store
@@ -459,6 +461,80 @@ async fn app_passwords_are_scoped_to_their_user(db: TestDb) {
     );
 }
 
+async fn app_passwords_end_with_the_password_and_with_the_device_that_made_them(db: TestDb) {
+    let store = db.store().await;
+    let (user, laptop) = user_with_device(&*store, "ann@example.org").await;
+    let now = Timestamp::now();
+    let phone = device(user, 2, now);
+    store.add_device(&phone).await.expect("add");
+    let tablet = device(user, 3, now);
+    store.add_device(&tablet).await.expect("add");
+    let app_password = |n: u8, by: DeviceId| NewAppPassword {
+        user_id: user,
+        id: AppPasswordId::new(),
+        label: format!("by device {n}"),
+        secret_hash: hash(70 + n),
+        created_at: now,
+        created_by: by,
+    };
+    let labels = async || -> Vec<String> {
+        let mut labels: Vec<String> = store
+            .list_app_passwords(user)
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|p| p.label)
+            .collect();
+        labels.sort();
+        labels
+    };
+    for (n, by) in [(1, laptop), (2, phone.device_id), (3, tablet.device_id)] {
+        store
+            .create_app_password(&app_password(n, by))
+            .await
+            .expect("create");
+    }
+    // Signing out keeps what the device made; removing it does not.
+    assert!(
+        store
+            .revoke_device(user, phone.device_id, now, DeviceEnd::SignOut)
+            .await
+            .expect("sign out")
+    );
+    assert!(
+        store
+            .revoke_device(user, tablet.device_id, now, DeviceEnd::Remove)
+            .await
+            .expect("remove")
+    );
+    assert_eq!(labels().await, ["by device 1", "by device 2"]);
+    // A new password ends them all, the kept device's too.
+    assert!(
+        store
+            .set_password(user, &Secret::new("$argon2id$new"), Some(laptop), now)
+            .await
+            .expect("set password")
+    );
+    assert!(labels().await.is_empty());
+    // So does a reset.
+    store
+        .create_app_password(&app_password(4, laptop))
+        .await
+        .expect("create");
+    store
+        .create_password_reset(user, &hash(50), now, now.plus_secs(60))
+        .await
+        .expect("reset");
+    assert_eq!(
+        store
+            .consume_password_reset(user, &hash(50), &Secret::new("$argon2id$reset"), now)
+            .await
+            .expect("consume"),
+        ResetOutcome::Done
+    );
+    assert!(labels().await.is_empty());
+}
+
 async fn a_disabled_user_has_no_active_devices_or_app_passwords(db: TestDb) {
     let store = db.store().await;
     let (user, dev) = user_with_device(&*store, "ann@example.org").await;
@@ -468,6 +544,7 @@ async fn a_disabled_user_has_no_active_devices_or_app_passwords(db: TestDb) {
         label: "x".into(),
         secret_hash: hash(70),
         created_at: Timestamp::now(),
+        created_by: dev,
     };
     store.create_app_password(&app).await.expect("create");
     assert!(
@@ -528,6 +605,7 @@ async fn deleting_a_user_leaves_no_row_behind(db: TestDb) {
             label: "x".into(),
             secret_hash: hash(70),
             created_at: now,
+            created_by: DeviceId::new(),
         })
         .await
         .expect("app password");

@@ -24,7 +24,9 @@ use nextsync_core::ids::{DeviceId, UserId};
 use nextsync_core::secret::Secret;
 use nextsync_core::time::Timestamp;
 use nextsync_store::StoreError;
-use nextsync_store::accounts::{NewDevice, NewRefreshToken, NewUser, RefreshOutcome, ResetOutcome, User};
+use nextsync_store::accounts::{
+    DeviceEnd, NewDevice, NewRefreshToken, NewUser, RefreshOutcome, ResetOutcome, User,
+};
 
 const MAX_DEVICE_NAME_CHARS: usize = 100;
 
@@ -178,7 +180,7 @@ pub async fn refresh(
 pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<StatusCode, ApiError> {
     state
         .store
-        .revoke_device(auth.user, auth.device, Timestamp::now())
+        .revoke_device(auth.user, auth.device, Timestamp::now(), DeviceEnd::SignOut)
         .await?;
     state.bus.notify(Notice::SignedOut { user: auth.user });
     Ok(StatusCode::NO_CONTENT)
