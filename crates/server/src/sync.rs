@@ -39,6 +39,10 @@ use tokio::sync::broadcast;
 
 pub const DEFAULT_PULL_LIMIT: u32 = 500;
 pub const MAX_PULL_LIMIT: u32 = 1000;
+/// Stored bytes per pull or WebSocket page, beside the record count: records reach tens of
+/// MiB, and a page of 500 of them cost a server gigabytes (issue 14). A page always holds at
+/// least one record, however large.
+pub const PAGE_BYTES: usize = 4 * 1024 * 1024;
 /// Longest a long-poll pull may wait.
 pub const MAX_WAIT_SECS: u64 = 60;
 
@@ -354,16 +358,14 @@ pub async fn pull_page(
     limit: u32,
 ) -> Result<Page, ApiError> {
     let from = since.map_or(Seq(0), |c| c.seq);
-    // One more than asked tells whether there is more.
-    let mut feed = state.store.pull(user, from, limit + 1).await?;
+    let feed = state.store.pull(user, from, limit, PAGE_BYTES).await?;
     if since.is_some_and(|c| c.epoch != feed.epoch) {
         return Err(ApiError::conflict(
             "resync_required",
             "this cursor is from another epoch of the feed; pull again from the beginning",
         ));
     }
-    let has_more = feed.records.len() > limit as usize;
-    feed.records.truncate(limit as usize);
+    let has_more = feed.has_more;
     let last = feed.records.last().map_or(from, |(_, r)| r.seq);
     Ok(Page {
         changes: feed

@@ -53,6 +53,7 @@ both_backends!(
     a_delete_beats_an_older_edit_and_keeps_it_as_a_conflict,
     a_duplicate_push_changes_nothing,
     paging_through_ten_thousand_records_gives_each_once_in_order,
+    large_records_come_a_few_per_page,
     a_foreign_users_push_lands_only_in_their_space,
     refused_pushes_leave_nothing_behind,
     names_with_control_characters_are_refused_alike_on_both_backends,
@@ -305,6 +306,38 @@ async fn paging_through_ten_thousand_records_gives_each_once_in_order(db: TestDb
     let ids: std::collections::HashSet<_> = changes.iter().map(|c| c["id"].as_str().expect("id")).collect();
     assert_eq!(ids.len(), 10_000, "each record exactly once");
     assert_eq!(changes.last().expect("last")["id"], "r00042");
+}
+
+/// Pages are capped by bytes as well as by count (4 MiB of stored text, at least one record):
+/// 500 records of 3 MiB in one page would hold gigabytes in the server.
+async fn large_records_come_a_few_per_page(db: TestDb) {
+    let (_server, api) = start(&db).await;
+    let s = api.register("ann@example.org").await;
+    let t = now_ms();
+    let mib = "x".repeat(1024 * 1024 - 16);
+    for n in 0..3u32 {
+        let fields = json!({"a": mib, "b": mib, "c": mib});
+        let (status, body) = push(
+            &api,
+            &s,
+            vec![upsert(
+                &format!("m{n}"),
+                &format!("big{n}"),
+                &stamp(t, n, "x"),
+                fields,
+                None,
+            )],
+        )
+        .await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+    }
+    let (status, page) = api.get("/v1/sync/pull?limit=500", s.token()).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(page["changes"].as_array().expect("changes").len(), 1);
+    assert_eq!(page["has_more"], true);
+    let (changes, _) = pull_all(&api, &s, None, 500).await;
+    let ids: Vec<_> = changes.iter().map(|c| c["id"].as_str().expect("id")).collect();
+    assert_eq!(ids, ["big0", "big1", "big2"]);
 }
 
 async fn a_foreign_users_push_lands_only_in_their_space(db: TestDb) {

@@ -77,6 +77,8 @@ pub struct Feed {
     pub epoch: String,
     /// In seq order.
     pub records: Vec<(RecordKey, StoredRecord)>,
+    /// More records follow these (the page ended at its count or its byte budget).
+    pub has_more: bool,
 }
 
 #[async_trait]
@@ -91,8 +93,11 @@ pub trait SyncStore {
         resolves: Option<ConflictId>,
     ) -> Result<Applied, ApplyError>;
 
-    /// Up to `limit` records with seq above `since`, in seq order, and the feed's epoch.
-    async fn pull(&self, user: UserId, since: Seq, limit: u32) -> Result<Feed, StoreError>;
+    /// Records with seq above `since`, in seq order, and the feed's epoch: up to `limit` of
+    /// them, and no more than `max_bytes` of stored text, except that a page always holds at
+    /// least one record (records reach tens of MiB; a page of 500 of them cost a server
+    /// gigabytes). Rows are read one by one, so the budget also bounds what is decoded.
+    async fn pull(&self, user: UserId, since: Seq, limit: u32, max_bytes: usize) -> Result<Feed, StoreError>;
 
     async fn record(&self, user: UserId, key: &RecordKey) -> Result<Option<StoredRecord>, StoreError>;
 
@@ -263,6 +268,13 @@ macro_rules! impl_shared_sync {
             Ok((key, record))
         }
 
+        /// Stored text of a feed row: what a page's byte budget counts.
+        fn row_bytes(row: &$row) -> Result<usize, StoreError> {
+            let fields: &str = row.try_get("fields")?;
+            let tombstone: Option<&str> = row.try_get("tombstone")?;
+            Ok(fields.len() + tombstone.map_or(0, str::len))
+        }
+
         fn conflict_row(row: &$row) -> Result<Conflict, StoreError> {
             Ok(Conflict {
                 id: ConflictId::from_uuid(row.try_get("conflict_id")?),
@@ -343,21 +355,45 @@ macro_rules! impl_shared_sync {
                 self.commit_apply(user, mutations, now, resolves).await
             }
 
-            async fn pull(&self, user: UserId, since: Seq, limit: u32) -> Result<Feed, StoreError> {
+            async fn pull(
+                &self,
+                user: UserId,
+                since: Seq,
+                limit: u32,
+                max_bytes: usize,
+            ) -> Result<Feed, StoreError> {
+                use futures::TryStreamExt as _;
                 // Read the epoch first: a head written after this read only adds records.
                 let epoch: String = sqlx::query_scalar("SELECT epoch FROM feed_heads WHERE user_id = $1")
                     .bind(user.as_uuid())
                     .fetch_optional(self.reader())
                     .await?
                     .ok_or_else(|| StoreError::Corrupt(format!("user {user} has no feed head")))?;
-                let rows = sqlx::query(SELECT_FEED)
+                // One row more than asked tells whether there is more.
+                let mut rows = sqlx::query(SELECT_FEED)
                     .bind(user.as_uuid())
                     .bind(i64::try_from(since.0).unwrap_or(i64::MAX))
-                    .bind(i64::from(limit))
-                    .fetch_all(self.reader())
-                    .await?;
-                let records = rows.iter().map(record_row).collect::<Result<_, _>>()?;
-                Ok(Feed { epoch, records })
+                    .bind(i64::from(limit) + 1)
+                    .fetch(self.reader());
+                let mut records = Vec::new();
+                let mut bytes = 0usize;
+                let mut has_more = false;
+                while let Some(row) = rows.try_next().await? {
+                    let size = row_bytes(&row)?;
+                    if records.len() == limit as usize
+                        || (!records.is_empty() && bytes.saturating_add(size) > max_bytes)
+                    {
+                        has_more = true;
+                        break;
+                    }
+                    bytes = bytes.saturating_add(size);
+                    records.push(record_row(&row)?);
+                }
+                Ok(Feed {
+                    epoch,
+                    records,
+                    has_more,
+                })
             }
 
             async fn record(

@@ -43,6 +43,7 @@ fn upsert(mutation_id: &str, id: &str, ms: u64, fields: serde_json::Value) -> Mu
 
 both_backends!(
     pushes_land_in_the_feed_once_each_in_seq_order,
+    pages_end_at_their_byte_budget_but_hold_at_least_one_record,
     a_repeated_mutation_id_changes_nothing,
     a_failed_precondition_writes_nothing,
     a_conflict_resolves_once,
@@ -69,7 +70,7 @@ async fn pushes_land_in_the_feed_once_each_in_seq_order(db: TestDb) {
     let mut seen = Vec::new();
     let mut since = Seq(0);
     loop {
-        let page = store.pull(u, since, 4).await.expect("pull");
+        let page = store.pull(u, since, 4, usize::MAX).await.expect("pull");
         if page.records.is_empty() {
             break;
         }
@@ -80,6 +81,46 @@ async fn pushes_land_in_the_feed_once_each_in_seq_order(db: TestDb) {
     assert_eq!(ids, ["r0", "r1", "r2", "r4", "r5", "r6", "r7", "r8", "r9", "r3"]);
     assert!(seen.windows(2).all(|w| w[0].1.seq < w[1].1.seq));
     assert_eq!(seen.last().expect("r3").1.visible().0["n"], json!(33));
+}
+
+async fn pages_end_at_their_byte_budget_but_hold_at_least_one_record(db: TestDb) {
+    let store = db.store().await;
+    let u = user(&*store, "ann@example.org").await;
+    let now = Timestamp::now();
+    let batch: Vec<_> = (0..5)
+        .map(|i| {
+            upsert(
+                &format!("m{i}"),
+                &format!("r{i}"),
+                1000 + i,
+                json!({"text": "x".repeat(1000)}),
+            )
+        })
+        .collect();
+    store.apply(u, batch, now, None).await.expect("apply");
+
+    // ~1.1 KB each: a 2,500-byte budget takes two.
+    let page = store.pull(u, Seq(0), 100, 2500).await.expect("pull");
+    assert_eq!(page.records.len(), 2);
+    assert!(page.has_more);
+    // A budget below one record still moves: one record per page.
+    let mut since = Seq(0);
+    let mut pages = 0;
+    loop {
+        let page = store.pull(u, since, 100, 10).await.expect("pull");
+        assert_eq!(page.records.len(), 1, "page {pages}");
+        pages += 1;
+        since = page.records[0].1.seq;
+        if !page.has_more {
+            break;
+        }
+    }
+    assert_eq!(pages, 5);
+    // The count still bounds a page, and the last page says there is no more.
+    let page = store.pull(u, Seq(0), 3, usize::MAX).await.expect("pull");
+    assert_eq!((page.records.len(), page.has_more), (3, true));
+    let page = store.pull(u, Seq(0), 5, usize::MAX).await.expect("pull");
+    assert_eq!((page.records.len(), page.has_more), (5, false));
 }
 
 async fn a_repeated_mutation_id_changes_nothing(db: TestDb) {
@@ -141,7 +182,7 @@ async fn a_failed_precondition_writes_nothing(db: TestDb) {
         }) => assert_eq!(current.seq, Seq(1)),
         other => panic!("expected a failed precondition, got {other:?}"),
     }
-    let feed = store.pull(u, Seq(0), 100).await.expect("pull");
+    let feed = store.pull(u, Seq(0), 100, usize::MAX).await.expect("pull");
     assert_eq!(feed.records.len(), 1, "r2 of the failed batch was not written");
     let retry = store
         .apply(
@@ -266,8 +307,8 @@ async fn users_never_see_each_others_records(db: TestDb) {
             .0["t"],
         json!("bob")
     );
-    let ann_feed = store.pull(ann, Seq(0), 10).await.expect("pull");
-    let bob_feed = store.pull(bob, Seq(0), 10).await.expect("pull");
+    let ann_feed = store.pull(ann, Seq(0), 10, usize::MAX).await.expect("pull");
+    let bob_feed = store.pull(bob, Seq(0), 10, usize::MAX).await.expect("pull");
     assert_eq!((ann_feed.records.len(), bob_feed.records.len()), (1, 1));
     assert_ne!(ann_feed.epoch, bob_feed.epoch);
     assert!(store.conflicts(bob).await.expect("list").is_empty());
@@ -301,7 +342,7 @@ async fn concurrent_writers_never_let_a_reader_skip_a_change(db: TestDb) {
             let mut seen: HashMap<String, usize> = HashMap::new();
             let mut since = Seq(0);
             loop {
-                let page = store.pull(u, since, 7).await.expect("pull");
+                let page = store.pull(u, since, 7, usize::MAX).await.expect("pull");
                 for (key, record) in &page.records {
                     *seen.entry(key.id.clone()).or_default() += 1;
                     since = record.seq;
@@ -355,7 +396,7 @@ async fn concurrent_applies_commit_or_refuse_each_on_its_own(db: TestDb) {
         }
     }
     for u in users {
-        let feed = store.pull(u, Seq(0), 100).await.expect("pull");
+        let feed = store.pull(u, Seq(0), 100, usize::MAX).await.expect("pull");
         let seqs: Vec<u64> = feed.records.iter().map(|(_, r)| r.seq.0).collect();
         assert_eq!(
             seqs,
