@@ -45,6 +45,11 @@ pub struct Config {
     pub secrets_key: Option<Secret>,
     #[serde(with = "limits")]
     pub sync_limits: SyncLimits,
+    /// How long one WebSocket frame may take to leave: a client that stops reading is closed
+    /// (1008 `slow_reader`) instead of holding its queue and the socket's task forever.
+    /// Not a setting (tests shorten it).
+    #[serde(skip)]
+    pub ws_send_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -127,6 +132,7 @@ impl Config {
             nextchat_max_upload_bytes: 64 * 1024 * 1024,
             secrets_key: None,
             sync_limits: SyncLimits::default(),
+            ws_send_timeout: Duration::from_secs(30),
         }
     }
 

@@ -40,6 +40,8 @@ const DEAD_AFTER: Duration = Duration::from_secs(60);
 const RECHECK: Duration = Duration::from_secs(30);
 /// Re-check interval while the bus cannot hear other instances (Redis down).
 const DEGRADED_RECHECK: Duration = Duration::from_secs(2);
+/// How long the goodbye frames may take to a peer that is already failing.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Records per `changes` frame.
 pub(crate) const PAGE: u32 = 500;
 
@@ -107,26 +109,41 @@ impl Connection {
     }
 
     async fn send_text(&mut self, text: Utf8Bytes) -> Result<(), Close> {
-        self.socket
-            .send(Message::Text(text))
-            .await
-            .map_err(|_| close("gone", "the peer went away"))
+        self.send_message(Message::Text(text)).await
+    }
+
+    /// Every frame leaves within the send timeout, or the peer is a slow reader: while one
+    /// send waits, nothing else of this socket runs (not even its ping timer).
+    async fn send_message(&mut self, message: Message) -> Result<(), Close> {
+        match timeout(self.state.config.ws_send_timeout, self.socket.send(message)).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(_)) => Err(close("gone", "the peer went away")),
+            Err(_) => Err(close(
+                "slow_reader",
+                "the client stopped reading its frames; reconnect and resume from the cursor",
+            )),
+        }
     }
 
     async fn close(&mut self, reason: Close) {
+        // Said briefly: a peer that does not read cannot be waited for again.
         let frame = ServerFrame::Error {
             code: reason.code.clone(),
             message: reason.message,
         };
-        let _ = self.send(&frame).await;
-        let code = if reason.code == "internal" { 1011 } else { 1008 };
-        let _ = self
-            .socket
-            .send(Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(reason.code),
-            })))
-            .await;
+        if let Ok(text) = serde_json::to_string(&frame) {
+            let _ = timeout(CLOSE_TIMEOUT, self.socket.send(Message::Text(text.into()))).await;
+        }
+        let code = match reason.code.as_str() {
+            "internal" => 1011,
+            "message_too_big" => 1009,
+            _ => 1008,
+        };
+        let close_frame = Message::Close(Some(CloseFrame {
+            code,
+            reason: Utf8Bytes::from(reason.code),
+        }));
+        let _ = timeout(CLOSE_TIMEOUT, self.socket.send(close_frame)).await;
     }
 
     async fn run(&mut self, pre_auth: Option<(AuthUser, i64)>) -> Result<(), Close> {
@@ -174,11 +191,14 @@ impl Connection {
                     if last_heard.elapsed() > DEAD_AFTER {
                         return Err(close("timeout", "no answer to pings"));
                     }
-                    self.socket.send(Message::Ping(Default::default())).await.map_err(|_| close("gone", "the peer went away"))?;
+                    self.send_message(Message::Ping(Default::default())).await?;
                 }
                 message = self.socket.recv() => {
                     last_heard = Instant::now();
                     match message {
+                        Some(Err(e)) if is_too_big(&e) => {
+                            return Err(close("message_too_big", "a frame is over the server's body limit"));
+                        }
                         None | Some(Err(_)) | Some(Ok(Message::Close(_))) => return Ok(()),
                         Some(Ok(Message::Text(text))) => {
                             if let Some(new_expiry) = self.handle(auth, text.as_str()).await? {
@@ -318,6 +338,13 @@ impl Connection {
             }
         }
     }
+}
+
+/// A frame over `max_message_size`: answered with close code 1009, not a dropped connection.
+fn is_too_big(error: &axum::Error) -> bool {
+    std::error::Error::source(error)
+        .and_then(|source| source.downcast_ref::<tungstenite::Error>())
+        .is_some_and(|e| matches!(e, tungstenite::Error::Capacity(_)))
 }
 
 /// The instant a token with `exp` (Unix seconds) expires.

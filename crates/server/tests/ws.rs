@@ -237,3 +237,86 @@ async fn a_bad_hello_is_refused() {
         "welcome"
     );
 }
+
+/// A client that stops reading is closed once a frame has waited the send timeout, instead
+/// of holding its queue (and the socket's task, pings included) forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_closed() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let db = TestDb::sqlite();
+    let mut config = db.config();
+    config.ws_send_timeout = Duration::from_secs(2);
+    let server = TestServer::start(config).await;
+    let api = Api::new(&server);
+    let session = api.register("ann@example.org").await;
+    // 24 MiB of backlog: far more than the socket buffers between server and client hold.
+    let mib = "x".repeat(1024 * 1024 - 64);
+    for batch in 0..3u32 {
+        let mutations = (0..8u32)
+            .map(|i| {
+                let n = batch * 8 + i;
+                let mut m = upsert(&format!("m{n}"), &format!("r{n}"), n);
+                m["fields"] = json!({ "text": mib });
+                m
+            })
+            .collect();
+        push(&api, &session, mutations).await;
+    }
+    // A small receive buffer, and then no reading at all.
+    let tcp = tokio::net::TcpSocket::new_v4().expect("socket");
+    tcp.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let stream = tcp.connect(server.addr).await.expect("connect");
+    let stream = tokio_tungstenite::MaybeTlsStream::Plain(stream);
+    let (mut socket, _) = tokio_tungstenite::client_async(ws_url(&server), stream)
+        .await
+        .expect("upgrade");
+    hello(&mut socket, &session, None).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+
+    // Reading again drains what was in flight, then the connection ends.
+    let mut records = 0;
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(Ok(message)) = socket.next().await {
+            match message {
+                Message::Text(text) => {
+                    let frame: Value = serde_json::from_str(text.as_str()).expect("JSON");
+                    records += frame["changes"].as_array().map_or(0, Vec::len);
+                }
+                Message::Close(_) => break,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "the server kept a socket that stopped reading");
+    assert!(
+        records < 24,
+        "everything arrived ({records}): the client was never slow"
+    );
+}
+
+/// A frame over the limit gets close code 1009 (message too big), not a dropped connection.
+#[tokio::test]
+async fn a_frame_over_the_limit_is_closed_with_1009() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let db = TestDb::sqlite();
+    let mut config = db.config();
+    config.max_body_bytes = 4096;
+    let server = TestServer::start(config).await;
+    let api = Api::new(&server);
+    let session = api.register("ann@example.org").await;
+    let mut socket = connect(&server).await;
+    hello(&mut socket, &session, None).await;
+    send(&mut socket, json!({"type": "ping", "padding": "x".repeat(8192)})).await;
+    let mut close_code = None;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(5), socket.next()).await {
+        if let Message::Close(frame) = message {
+            close_code = frame.map(|f| f.code);
+            break;
+        }
+    }
+    assert_eq!(close_code, Some(CloseCode::Size));
+}
