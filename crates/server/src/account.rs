@@ -6,10 +6,10 @@ use crate::auth::handlers::{confirm_password, current_user};
 use crate::auth::tokens::{TokenKind, new_opaque};
 use crate::bus::Notice;
 use crate::error::ApiError;
-use crate::extract::Json;
+use crate::extract::{Json, Path};
 use crate::state::AppState;
 use axum::Router;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::{delete, get};
 use nextsync_core::api::{

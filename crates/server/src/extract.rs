@@ -1,5 +1,5 @@
-//! Request extractors shared by every feature: [`Json`] (axum's, with our error shape on
-//! rejection) and [`ClientIp`].
+//! Request extractors shared by every feature: [`Json`], [`Query`] and [`Path`] (axum's,
+//! with our error shape on rejection: axum's own answer in `text/plain`) and [`ClientIp`].
 
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -82,6 +82,48 @@ fn json_rejection(rejection: JsonRejection) -> ApiError {
 impl<T: Serialize> IntoResponse for Json<T> {
     fn into_response(self) -> Response {
         axum::Json(self.0).into_response()
+    }
+}
+
+/// Query parameters; a malformed query is 400 `invalid_query` in the error shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Query<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Query<T>
+where
+    T: DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Query::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Query(value)) => Ok(Query(value)),
+            Err(rejection) => Err(ApiError::bad_request("invalid_query", rejection.body_text())),
+        }
+    }
+}
+
+/// Path parameters; one that does not decode (invalid percent-encoding or UTF-8) is 400
+/// `invalid_path` in the error shape.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Path<T>(pub T);
+
+impl<T, S> FromRequestParts<S> for Path<T>
+where
+    T: DeserializeOwned + Send,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::extract::Path::<T>::from_request_parts(parts, state).await {
+            Ok(axum::extract::Path(value)) => Ok(Path(value)),
+            Err(rejection) if rejection.status().is_server_error() => {
+                Err(ApiError::internal(anyhow::anyhow!(rejection.body_text())))
+            }
+            Err(rejection) => Err(ApiError::bad_request("invalid_path", rejection.body_text())),
+        }
     }
 }
 

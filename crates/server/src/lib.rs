@@ -10,12 +10,14 @@
 //! - [`nextchat`]: the NextChat doors (WebDAV, Upstash), settings, snapshots, export/import.
 //! - [`ops`]: health, readiness, metrics, OpenAPI; [`metrics`]: the Prometheus recorder.
 //! - [`mail`]: the log and SMTP mailers; [`secrets`]: keys generated into the data dir.
-//! - [`error`]: [`ApiError`]; [`extract`]: JSON and client-address extractors.
+//! - [`error`]: [`ApiError`]; [`extract`]: JSON, query, path and client-address extractors;
+//!   [`edge`]: request bodies drained or announced, and layers' bare errors in the error shape.
 
 pub mod account;
 pub mod auth;
 pub mod bus;
 pub mod config;
+pub mod edge;
 pub mod error;
 pub mod extract;
 pub mod mail;

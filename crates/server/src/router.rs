@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{account, auth, metrics, nextchat, ops, sync, ws};
+use crate::{account, auth, edge, metrics, nextchat, ops, sync, ws};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
@@ -53,7 +53,7 @@ pub fn app(state: AppState) -> Router {
         .layer(cors())
         .layer(RequestDecompressionLayer::new())
         .layer(TimeoutLayer::with_status_code(
-            StatusCode::REQUEST_TIMEOUT,
+            StatusCode::SERVICE_UNAVAILABLE,
             REQUEST_TIMEOUT,
         ))
         .layer(TraceLayer::new_for_http())
@@ -68,6 +68,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::map_request(move |request| {
             std::future::ready(normalize_path(&prefix, request))
         }))
+        .layer(middleware::from_fn(edge::edge))
 }
 
 /// Responses under 512 B go out as they are: a compressor's context costs more to set up

@@ -11,10 +11,10 @@
 use crate::auth::AuthUser;
 use crate::bus::{LivePage, Notice};
 use crate::error::ApiError;
-use crate::extract::Json;
+use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
 use axum::Router;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};

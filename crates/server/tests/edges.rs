@@ -218,6 +218,112 @@ async fn every_bad_request_gets_the_error_shape() {
         .await
         .expect("send");
     assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+
+    // Answers made outside the handlers' own code have the shape too.
+    let session = api.register("ann@example.org").await;
+    let (status, body) = api.get("/v1/sync/pull?limit=many", session.token()).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_query")
+    );
+    let (status, body) = api.get("/v1/records/notes/%FF%FE", session.token()).await;
+    assert_eq!(
+        (status, error_code(&body)),
+        (StatusCode::BAD_REQUEST, "invalid_path")
+    );
+    let response = api
+        .http
+        .post(server.url("/v1/sync/push"))
+        .bearer_auth(&session.access)
+        .header("content-type", "application/json")
+        .header("content-encoding", "br")
+        .body("not brotli")
+        .send()
+        .await
+        .expect("send");
+    assert_eq!(response.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let body: Value = response.json().await.expect("a JSON body");
+    assert_eq!(error_code(&body), "unsupported_encoding");
+}
+
+/// Sends `requests` back to back on one connection and reads until the server closes it or
+/// `answers` status lines came; returns the raw text read.
+async fn pipeline(server: &TestServer, requests: &[u8], answers: usize) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    stream.write_all(requests).await.expect("write");
+    let mut read = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let text = String::from_utf8_lossy(&read);
+        if text.matches("HTTP/1.1 ").count() >= answers && text.ends_with('}') {
+            break;
+        }
+        match tokio::time::timeout_at(deadline, stream.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) | Err(_) => break,
+            Ok(Ok(n)) => read.extend_from_slice(&buf[..n]),
+        }
+    }
+    String::from_utf8_lossy(&read).into_owned()
+}
+
+/// An answer given without reading the request's body (a 401 before the JSON is parsed, a
+/// GET that ignores a body) keeps the connection usable for the next pipelined request; a
+/// large unread body is announced with `Connection: close`.
+#[tokio::test]
+async fn unread_request_bodies_do_not_break_the_next_request() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    let body = r#"{"mutations":[]}"#;
+    let requests = format!(
+        "POST /v1/sync/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer nope\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{body}\
+         GET /healthz HTTP/1.1\r\nhost: x\r\ncontent-length: 5\r\n\r\nhello\
+         GET /v1/nope HTTP/1.1\r\nhost: x\r\n\r\n",
+        body.len()
+    );
+    let text = pipeline(&server, requests.as_bytes(), 3).await;
+    let statuses: Vec<&str> = text
+        .match_indices("HTTP/1.1 ")
+        .map(|(i, _)| &text[i + 9..i + 12])
+        .collect();
+    assert_eq!(statuses, ["401", "200", "404"], "{text}");
+
+    let big = "x".repeat(200 * 1024);
+    let requests = format!(
+        "POST /v1/sync/push HTTP/1.1\r\nhost: x\r\nauthorization: Bearer nope\r\n\
+         content-type: application/json\r\ncontent-length: {}\r\n\r\n{big}",
+        big.len()
+    );
+    let text = pipeline(&server, requests.as_bytes(), 1)
+        .await
+        .to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 401"), "{text}");
+    assert!(text.contains("connection: close"), "{text}");
+
+    // A large body that is read (a real push) keeps the connection.
+    let api = Api::new(&server);
+    let session = api.register("ann@example.org").await;
+    let ms = nextsync_core::time::Timestamp::now().as_millis();
+    let push = json!({"mutations": [{"mutation_id": "m1", "collection": "notes", "id": "n1", "op": "upsert",
+        "fields": {"text": big}, "hlc": format!("{ms:015}-00000-laptop")}]});
+    let response = api
+        .http
+        .post(server.url("/v1/sync/push"))
+        .bearer_auth(&session.access)
+        .json(&push)
+        .send()
+        .await
+        .expect("push");
+    assert_eq!(response.status(), StatusCode::OK);
+    assert!(
+        response.headers().get("connection").is_none(),
+        "{:?}",
+        response.headers()
+    );
 }
 
 #[tokio::test]

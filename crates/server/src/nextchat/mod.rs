@@ -20,12 +20,12 @@ mod webdav;
 
 use crate::auth::AuthUser;
 use crate::error::ApiError;
-use crate::extract::Json;
+use crate::extract::{Json, Path, Query};
 use crate::state::AppState;
 use crate::sync::apply_error;
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};

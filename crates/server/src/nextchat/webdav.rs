@@ -15,6 +15,7 @@
 use super::downloads::DoorKey;
 use super::{Source, download, merge_upload, read_state};
 use crate::auth::AppPasswordUser;
+use crate::edge::empty_on_purpose;
 use crate::error::ApiError;
 use crate::state::AppState;
 use axum::Router;
@@ -115,7 +116,7 @@ async fn door(state: AppState, path: &str, method: Method, request: Request) -> 
                 StatusCode::CREATED.into_response()
             } else {
                 // RFC 4918: MKCOL on an existing collection. NextChat counts it as success.
-                let mut response = StatusCode::METHOD_NOT_ALLOWED.into_response();
+                let mut response = empty_on_purpose(StatusCode::METHOD_NOT_ALLOWED);
                 response
                     .headers_mut()
                     .insert(header::ALLOW, HeaderValue::from_static(target.allow()));
@@ -125,7 +126,7 @@ async fn door(state: AppState, path: &str, method: Method, request: Request) -> 
         (Target::File, "GET" | "HEAD") => Ok(match download(&state, auth.user, door).await? {
             Some(json) => ([(header::CONTENT_TYPE, "application/json")], json).into_response(),
             // The one empty 404: "nothing uploaded yet".
-            None => StatusCode::NOT_FOUND.into_response(),
+            None => empty_on_purpose(StatusCode::NOT_FOUND),
         }),
         (Target::File, "PUT") => {
             let _turn = state.nextchat.upload_turn().await?;
