@@ -8,16 +8,26 @@
 //! signed up 1,000 accounts held 1.4 GiB (measured by `nextsync-bench realtime`). So each
 //! hashing thread allocates its block once and reuses it (Argon2's `…_with_memory` API, PHC
 //! strings built and checked here exactly as the crate's own hasher does).
+//!
+//! A thread that has waited [`IDLE_RELEASE`] without work frees its block. Kept for good,
+//! the blocks held ~76 MiB of a server that otherwise idles at ~14 MiB (issue 14). The
+//! threads wait for work in turn, so all of them have let go a few idle periods after the
+//! last sign-in; the next sign-in allocates again (a few ms).
 
 use crate::error::ApiError;
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use nextsync_core::secret::Secret;
-use std::cell::RefCell;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, mpsc};
+use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
-type Job = Box<dyn FnOnce() + Send>;
+/// Work for a hashing thread, given that thread's Argon2 memory.
+type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// How long a hashing thread keeps its Argon2 memory without work.
+pub const IDLE_RELEASE: Duration = Duration::from_secs(5);
 
 #[derive(Debug, Clone)]
 pub struct Passwords {
@@ -27,10 +37,17 @@ pub struct Passwords {
     /// A real hash of a random password, verified against when the account does not exist,
     /// so "no such user" costs the same time as "wrong password".
     dummy_hash: Arc<str>,
+    /// Bytes of Argon2 memory the hashing threads hold right now.
+    held: Arc<AtomicUsize>,
 }
 
 impl Passwords {
     pub fn new() -> anyhow::Result<Self> {
+        Self::with_idle_release(IDLE_RELEASE)
+    }
+
+    /// As [`Passwords::new`], with threads that free their memory after `idle` without work.
+    pub fn with_idle_release(idle: Duration) -> anyhow::Result<Self> {
         let parallel = std::thread::available_parallelism().map_or(2, |n| n.get()) * 2;
         let mut random = [0u8; 24];
         getrandom::fill(&mut random).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
@@ -44,17 +61,37 @@ impl Passwords {
         };
         let (jobs, queue) = mpsc::channel::<Job>();
         let queue = Arc::new(Mutex::new(queue));
+        let held = Arc::new(AtomicUsize::new(0));
         for n in 0..parallel {
             let queue = queue.clone();
+            let held = held.clone();
             std::thread::Builder::new()
                 .name(format!("argon2-{n}"))
                 .spawn(move || {
+                    let mut memory = Vec::new();
+                    let release = |memory: &mut Vec<Block>| {
+                        held.fetch_sub(bytes_of(memory), Ordering::Relaxed);
+                        *memory = Vec::new();
+                    };
                     loop {
-                        // One job at a time per thread; the lock is held only to take it.
-                        let job = queue.lock().unwrap_or_else(PoisonError::into_inner).recv();
+                        // One job at a time per thread; the lock is held while waiting, so
+                        // idle threads take turns to wait, and each lets go of its memory
+                        // when its own wait times out.
+                        let job = queue
+                            .lock()
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .recv_timeout(idle);
                         match job {
-                            Ok(job) => job(),
-                            Err(_) => return,
+                            Ok(job) => {
+                                let before = bytes_of(&memory);
+                                job(&mut memory);
+                                held.fetch_add(bytes_of(&memory) - before, Ordering::Relaxed);
+                            }
+                            Err(mpsc::RecvTimeoutError::Timeout) => release(&mut memory),
+                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                                release(&mut memory);
+                                return;
+                            }
                         }
                     }
                 })?;
@@ -63,16 +100,25 @@ impl Passwords {
             permits: Arc::new(Semaphore::new(parallel)),
             jobs,
             dummy_hash: dummy.into(),
+            held,
         })
     }
 
-    /// Runs `work` on a hashing thread.
-    async fn run<T: Send + 'static>(&self, work: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    /// Bytes of Argon2 memory the hashing threads hold right now.
+    pub fn held_bytes(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+
+    /// Runs `work` on a hashing thread, with that thread's memory.
+    async fn run<T: Send + 'static>(
+        &self,
+        work: impl FnOnce(&mut Vec<Block>) -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
         let _permit = self.permits.acquire().await.map_err(ApiError::internal)?;
         let (done, result) = oneshot::channel();
         self.jobs
-            .send(Box::new(move || {
-                let _ = done.send(work());
+            .send(Box::new(move |memory: &mut Vec<Block>| {
+                let _ = done.send(work(memory));
             }))
             .map_err(|_| ApiError::internal(anyhow::anyhow!("the hashing threads are gone")))?;
         result.await.map_err(ApiError::internal)
@@ -81,8 +127,8 @@ impl Passwords {
     /// Argon2id PHC string of `password`, with a fresh salt.
     pub async fn hash(&self, password: &Secret) -> Result<Secret, ApiError> {
         let password = password.clone();
-        self.run(move || {
-            hash_phc(password.expose().as_bytes())
+        self.run(move |memory| {
+            hash_phc(memory, password.expose().as_bytes())
                 .map(Secret::new)
                 .map_err(ApiError::internal)
         })
@@ -99,42 +145,42 @@ impl Passwords {
             None => self.dummy_hash.clone(),
         };
         let matches = self
-            .run(move || verify_phc(password.expose().as_bytes(), &stored))
+            .run(move |memory| verify_phc(memory, password.expose().as_bytes(), &stored))
             .await?;
         Ok(known && matches)
     }
 }
 
-thread_local! {
-    /// This thread's Argon2 memory, allocated on first use and kept.
-    static MEMORY: RefCell<Vec<Block>> = const { RefCell::new(Vec::new()) };
+fn bytes_of(memory: &[Block]) -> usize {
+    std::mem::size_of_val(memory)
 }
 
-/// Argon2 of `password` and `salt` into `out`, in this thread's reused memory.
+/// Argon2 of `password` and `salt` into `out`, in `memory` (grown to the size it needs and
+/// kept for the next hash).
 fn argon2_into(
+    memory: &mut Vec<Block>,
     argon2: &Argon2<'_>,
     params: &Params,
     password: &[u8],
     salt: &[u8],
     out: &mut [u8],
 ) -> argon2::Result<()> {
-    MEMORY.with_borrow_mut(|memory| {
-        let blocks = params.block_count();
-        if memory.len() < blocks {
-            memory.resize(blocks, Block::default());
-        }
-        argon2.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks])
-    })
+    let blocks = params.block_count();
+    if memory.len() < blocks {
+        memory.resize(blocks, Block::default());
+    }
+    argon2.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks])
 }
 
 /// An Argon2id PHC string (the crate's defaults: 19 MiB, t=2, p=1) with a fresh salt.
-fn hash_phc(password: &[u8]) -> anyhow::Result<String> {
+fn hash_phc(memory: &mut Vec<Block>, password: &[u8]) -> anyhow::Result<String> {
     let params = Params::default();
     let argon2 = Argon2::new(Algorithm::Argon2id, Version::V0x13, params.clone());
     let mut salt = [0u8; 16];
     getrandom::fill(&mut salt).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
     let mut out = [0u8; Params::DEFAULT_OUTPUT_LEN];
-    argon2_into(&argon2, &params, password, &salt, &mut out).map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
+    argon2_into(memory, &argon2, &params, password, &salt, &mut out)
+        .map_err(|e| anyhow::anyhow!("argon2: {e}"))?;
     let phc = PasswordHash {
         algorithm: Algorithm::Argon2id.ident(),
         version: Some(Version::V0x13.into()),
@@ -146,7 +192,7 @@ fn hash_phc(password: &[u8]) -> anyhow::Result<String> {
 }
 
 /// Whether `password` matches the PHC string `stored` (with the parameters it names).
-fn verify_phc(password: &[u8], stored: &str) -> bool {
+fn verify_phc(memory: &mut Vec<Block>, password: &[u8], stored: &str) -> bool {
     let Ok(phc) = PasswordHash::new(stored) else {
         return false;
     };
@@ -164,7 +210,7 @@ fn verify_phc(password: &[u8], stored: &str) -> bool {
     };
     let argon2 = Argon2::new(algorithm, version, params.clone());
     let mut out = vec![0u8; expected.len()];
-    if argon2_into(&argon2, &params, password, salt, &mut out).is_err() {
+    if argon2_into(memory, &argon2, &params, password, salt, &mut out).is_err() {
         return false;
     }
     // `Output` compares in constant time.
@@ -182,16 +228,50 @@ mod tests {
             .hash_password(b"correct horse")
             .expect("hash")
             .to_string();
-        assert!(verify_phc(b"correct horse", &theirs));
-        assert!(!verify_phc(b"correct horsy", &theirs));
-        let ours = hash_phc(b"correct horse").expect("hash");
+        let memory = &mut Vec::new();
+        assert!(verify_phc(memory, b"correct horse", &theirs));
+        assert!(!verify_phc(memory, b"correct horsy", &theirs));
+        let ours = hash_phc(memory, b"correct horse").expect("hash");
         let parsed = PasswordHash::new(&ours).expect("PHC");
         assert!(
             Argon2::default()
                 .verify_password(b"correct horse", &parsed)
                 .is_ok()
         );
-        assert!(!verify_phc(b"correct horse", "$argon2id$garbage"));
+        assert!(!verify_phc(memory, b"correct horse", "$argon2id$garbage"));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn idle_hashing_threads_let_go_of_their_memory() {
+        let passwords = Passwords::with_idle_release(Duration::from_millis(100)).expect("init");
+        let secrets: Vec<Secret> = (0..8)
+            .map(|n| Secret::new(format!("password number {n}")))
+            .collect();
+        let hashes = secrets.iter().map(|secret| passwords.hash(secret));
+        for hash in futures::future::join_all(hashes).await {
+            hash.expect("hash");
+        }
+        assert!(
+            passwords.held_bytes() >= 19 * 1024 * 1024,
+            "a thread keeps its 19 MiB between hashes"
+        );
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while passwords.held_bytes() > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "still holding {} bytes",
+                passwords.held_bytes()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // And a sign-in after that works.
+        let hash = passwords.hash(&Secret::new("after idle")).await.expect("hash");
+        assert!(
+            passwords
+                .verify(&Secret::new("after idle"), Some(&hash))
+                .await
+                .expect("verify")
+        );
     }
 
     #[tokio::test]
