@@ -69,6 +69,77 @@ const SECRET_ENDINGS: [&str; 7] = [
     "token",
 ];
 
+/// NextChat's `Store.DefaultTopic` in every locale it ships (app/locales/*.ts): the topic
+/// of a session nobody has written to yet.
+const DEFAULT_TOPICS: [&str; 19] = [
+    "New Conversation",
+    "新的聊天",
+    "新的對話",
+    "新しいチャット",
+    "새 채팅",
+    "دردشة جديدة",
+    "নতুন চ্যাট",
+    "Nový chat",
+    "Ny samtale",
+    "Neuer Chat",
+    "Nuevo chat",
+    "Nouvelle discussion",
+    "Obrolan Baru",
+    "Nuova chat",
+    "Nova Conversa",
+    "Новый чат",
+    "Nová konverzácia",
+    "Yeni Sohbet",
+    "Trò chuyện mới",
+];
+
+/// A session as NextChat's `createEmptySession` makes it and nobody touched since: no
+/// messages (the caller checks), the default topic, no memory, no mask context. Every
+/// device makes one and uploads it; nobody wants them synced. `field` reads a session field.
+fn is_untouched_new_session(field: impl Fn(&str) -> Option<Value>) -> bool {
+    let topic_is_default = field("topic")
+        .as_ref()
+        .and_then(Value::as_str)
+        .is_some_and(|topic| DEFAULT_TOPICS.contains(&topic));
+    let no_memory = field("memoryPrompt").is_none_or(|memory| memory == "" || memory.is_null());
+    let no_context = field("mask").is_none_or(|mask| {
+        mask.get("context")
+            .is_none_or(|context| context.as_array().is_some_and(Vec::is_empty))
+    });
+    topic_is_default && no_memory && no_context
+}
+
+/// Collapses repeated entries of `app-config.models`: NextChat appends its built-in models on
+/// every page load (~24 KB each time). It reads the list into a table keyed by
+/// `<name>@<provider id>`, later entries overriding earlier ones in the first one's place;
+/// this keeps exactly that table, in that order.
+pub fn collapse_models(app_config: &mut Map<String, Value>) {
+    let Some(Value::Array(models)) = app_config.get_mut("models") else {
+        return;
+    };
+    let model_key = |model: &Value| {
+        let name = model.get("name").map(Value::to_string).unwrap_or_default();
+        let provider = model
+            .get("provider")
+            .and_then(|p| p.get("id"))
+            .map(Value::to_string)
+            .unwrap_or_default();
+        format!("{name}@{provider}")
+    };
+    let mut place: HashMap<String, usize> = HashMap::new();
+    let mut kept: Vec<Value> = Vec::with_capacity(models.len());
+    for model in models.drain(..) {
+        match place.entry(model_key(&model)) {
+            std::collections::hash_map::Entry::Occupied(at) => kept[*at.get()] = model,
+            std::collections::hash_map::Entry::Vacant(slot) => {
+                slot.insert(kept.len());
+                kept.push(model);
+            }
+        }
+    }
+    *models = kept;
+}
+
 /// Drops [`POISONED_KEYS`] from every object in `value`.
 pub fn sanitize(value: &mut Value) {
     match value {
@@ -239,7 +310,8 @@ impl Backup {
         };
         let mut chat = store(CHAT_STORE)?;
         let access_control = store(ACCESS_CONTROL)?;
-        let app_config = store(APP_CONFIG)?;
+        let mut app_config = store(APP_CONFIG)?;
+        collapse_models(&mut app_config);
         let mut mask_store = store(MASK_STORE)?;
         let mut prompt_store = store(PROMPT_STORE)?;
 
@@ -424,6 +496,12 @@ pub fn plan_upload(
     let mut message_owner: HashMap<String, String> = HashMap::new();
     for session in backup.sessions {
         let session_key = key(SESSIONS, &session.id);
+        if session.messages.is_empty()
+            && !current.records.contains_key(&session_key)
+            && is_untouched_new_session(|name| session.fields.get(name).cloned())
+        {
+            continue;
+        }
         let session_deleted = current.stored(&session_key)?.is_some_and(|s| s.deleted);
         if session_deleted && !options.revive_deleted {
             planner.plan.stats.deleted += 1 + session.messages.len() as u32;
@@ -724,6 +802,7 @@ pub fn render(
                     .map_err(|e| corrupt(e.to_string()))?;
                 if key.id == APP_CONFIG {
                     app_config = decoded;
+                    collapse_models(&mut app_config);
                 } else {
                     access_control = decoded;
                 }
@@ -731,6 +810,17 @@ pub fn render(
             _ => {}
         }
     }
+    // A new device's empty "New Conversation" stored before uploads skipped them is not
+    // served either: the device that made it keeps its own copy.
+    sessions.retain(|(_, id, fields)| {
+        messages.contains_key(*id)
+            || !is_untouched_new_session(|name| {
+                fields
+                    .iter()
+                    .find(|(n, _)| n == name)
+                    .and_then(|(_, v)| serde_json::from_str(v.get()).ok())
+            })
+    });
     let mut stores = Map::new();
     stores.insert(ACCESS_CONTROL.to_owned(), Value::Object(access_control));
     stores.insert(APP_CONFIG.to_owned(), Value::Object(app_config));
@@ -1175,6 +1265,105 @@ mod tests {
         let empty: Value = serde_json::from_slice(&empty.json).expect("valid JSON");
         assert_eq!(empty[CHAT_STORE]["sessions"], json!([]));
         assert_eq!(empty[MASK_STORE]["masks"], json!({}));
+    }
+
+    /// What `createEmptySession` uploads from a device nobody has used yet.
+    fn new_conversation(id: &str, topic: &str) -> Value {
+        json!({"id": id, "topic": topic, "memoryPrompt": "", "messages": [], "lastUpdate": 7,
+               "lastSummarizeIndex": 0, "stat": {"tokenCount": 0, "wordCount": 0, "charCount": 0},
+               "mask": {"id": "x", "name": topic, "context": [], "syncGlobalConfig": true}})
+    }
+
+    fn session_ids(current: &Current) -> Vec<String> {
+        let state = rendered(current, RenderOptions::default()).state;
+        let mut ids: Vec<String> = state[CHAT_STORE]["sessions"]
+            .as_array()
+            .expect("sessions")
+            .iter()
+            .map(|s| s["id"].as_str().expect("id").to_owned())
+            .collect();
+        ids.sort();
+        ids
+    }
+
+    #[test]
+    fn untouched_new_conversations_are_neither_stored_nor_served() {
+        let (mut current, mut now) = (Current::default(), 0);
+        let mut renamed = new_conversation("renamed", "Trip to Rome");
+        renamed["messages"] = json!([]);
+        let mut with_memory = new_conversation("memory", "New Conversation");
+        with_memory["memoryPrompt"] = json!("a summary");
+        let mut from_mask = new_conversation("mask", "New Conversation");
+        from_mask["mask"]["context"] = json!([{"role": "system", "content": "You are a poet"}]);
+        let mut used = new_conversation("used", "新的聊天");
+        used["messages"] = json!([message("a", "hello")]);
+        let plan = upload(
+            &mut current,
+            state(json!([
+                new_conversation("laptop-new", "New Conversation"),
+                new_conversation("phone-new", "新的聊天"),
+                renamed,
+                with_memory,
+                from_mask,
+                used,
+            ])),
+            &mut now,
+        );
+        assert!(
+            !plan.writes.iter().any(|w| w.key.id.ends_with("-new")),
+            "{:?}",
+            plan.writes
+        );
+        assert_eq!(session_ids(&current), ["mask", "memory", "renamed", "used"]);
+
+        // One stored before this rule (or emptied since) is kept as it is, but not served.
+        let mut stored_empty = Current::default();
+        let mut early = state(json!([session("early", 1, json!([message("z", "gone soon")]))]));
+        upload(&mut stored_empty, early.clone(), &mut now);
+        early[CHAT_STORE]["sessions"][0] = new_conversation("early", "New Conversation");
+        let plan = upload(&mut stored_empty, early, &mut now);
+        assert!(plan.writes.iter().any(|w| w.key == key(SESSIONS, "early")));
+        assert_eq!(
+            session_ids(&stored_empty),
+            ["early"],
+            "its message is still there"
+        );
+        stored_empty.records.retain(|k, _| k.collection != MESSAGES);
+        assert!(session_ids(&stored_empty).is_empty());
+    }
+
+    #[test]
+    fn repeated_models_collapse_to_what_nextchat_reads() {
+        let openai = |name: &str, available: bool| json!({"name": name, "available": available, "provider": {"id": "openai", "providerName": "OpenAI"}});
+        let azure = json!({"name": "gpt-4o", "available": true, "provider": {"id": "azure"}});
+        let mut config: Map<String, Value> = json!({"models": [
+            openai("gpt-4o", true), openai("gpt-4o-mini", true), azure,
+            openai("gpt-4o", false), openai("gpt-4o-mini", true),
+            openai("gpt-4o", true), openai("o1", false),
+        ]})
+        .as_object()
+        .cloned()
+        .expect("object");
+        collapse_models(&mut config);
+        let models = config["models"].as_array().expect("models");
+        let names: Vec<String> = models
+            .iter()
+            .map(|m| format!("{}@{}={}", m["name"], m["provider"]["id"], m["available"]))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                r#""gpt-4o"@"openai"=true"#,
+                r#""gpt-4o-mini"@"openai"=true"#,
+                r#""gpt-4o"@"azure"=true"#,
+                r#""o1"@"openai"=false"#,
+            ]
+        );
+        // An upload stores the collapsed list.
+        let mut upload = state(json!([]));
+        upload[APP_CONFIG]["models"] = json!([openai("a", true), openai("a", true), openai("a", false)]);
+        let backup = Backup::from_value(upload).expect("valid");
+        assert_eq!(backup.app_config["models"], json!([openai("a", false)]));
     }
 
     #[test]

@@ -423,6 +423,7 @@ both_backends!(
     staged_upstash_chunks_never_reach_the_disk_in_plaintext,
     a_wrong_endpoint_or_token_shows_sync_fail_never_success,
     every_route_is_served_under_the_public_urls_path,
+    empty_new_conversations_and_repeated_models_are_not_synced,
     upstash_staging_is_capped_per_account_and_expires,
     both_gets_of_one_sync_see_the_same_state,
     the_plain_webdav_target_takes_chunked_uploads_and_creates_its_folder,
@@ -890,6 +891,44 @@ async fn a_wrong_endpoint_or_token_shows_sync_fail_never_success(db: TestDb) {
         session_ids(&server_state(&api, &ann).await).is_empty(),
         "nothing was stored"
     );
+}
+
+/// Every NextChat installation starts with an empty "New Conversation" and, through a
+/// NextChat bug, appends its ~164 built-in models to `app-config.models` on every page load.
+/// Neither should travel to the other devices.
+async fn empty_new_conversations_and_repeated_models_are_not_synced(db: TestDb) {
+    let (_server, api) = start(&db).await;
+    let ann = api.register("ann@example.com").await;
+    let (status, body) = put_settings(&api, &ann, json!({"sync_settings": true})).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let password = app_password(&api, &ann).await;
+    let fresh = |topic: &str, id: &str| {
+        let mut state = nextchat_state(vec![session(id, 9, vec![])]);
+        let session = &mut state["chat-next-web-store"]["sessions"][0];
+        session["topic"] = json!(topic);
+        session["mask"]["name"] = json!(topic);
+        let model = json!({"name": "gpt-4o-mini", "available": true, "provider": {"id": "openai"}});
+        state["app-config"]["models"] = json!([model, model, model]);
+        state
+    };
+    let mut laptop = Device::webdav(
+        &api,
+        "ann@example.com",
+        &password,
+        fresh("New Conversation", "laptop-new"),
+    );
+    laptop.local["chat-next-web-store"]["sessions"]
+        .as_array_mut()
+        .expect("sessions")
+        .push(session("real", 5, vec![message("a", "user", "hello", 1)]));
+    laptop.sync().await;
+    let mut phone = Device::upstash(&api, &password, fresh("新的聊天", "phone-new"));
+    phone.sync().await;
+    let state = server_state(&api, &ann).await;
+    assert_eq!(session_ids(&state), ["real"]);
+    assert_eq!(state["app-config"]["models"].as_array().expect("models").len(), 1);
+    // The phone got the laptop's real conversation, and keeps its own empty one locally.
+    assert_eq!(session_ids(&phone.local), ["phone-new", "real"]);
 }
 
 /// A reverse proxy that serves nextsync under `/nextsync` may pass the prefix on: every
