@@ -62,7 +62,7 @@ impl AppState {
             mailer: Arc::new(mailer),
             metrics: Metrics::install()?,
             bus: Arc::new(LocalBus::new()),
-            nextchat: NextChat::new(Sealer::new(&secrets_key)),
+            nextchat: NextChat::new(Sealer::new(&secrets_key), config.nextchat_max_upload_bytes),
             store,
             config: Arc::new(config),
         })

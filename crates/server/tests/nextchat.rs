@@ -424,6 +424,7 @@ both_backends!(
     a_wrong_endpoint_or_token_shows_sync_fail_never_success,
     every_route_is_served_under_the_public_urls_path,
     empty_new_conversations_and_repeated_models_are_not_synced,
+    slow_uploads_do_not_stall_other_accounts_and_oversized_ones_are_refused_unread,
     upstash_staging_is_capped_per_account_and_expires,
     both_gets_of_one_sync_see_the_same_state,
     the_plain_webdav_target_takes_chunked_uploads_and_creates_its_folder,
@@ -929,6 +930,61 @@ async fn empty_new_conversations_and_repeated_models_are_not_synced(db: TestDb) 
     assert_eq!(state["app-config"]["models"].as_array().expect("models").len(), 1);
     // The phone got the laptop's real conversation, and keeps its own empty one locally.
     assert_eq!(session_ids(&phone.local), ["phone-new", "real"]);
+}
+
+/// An upload takes its share of the upload memory only once its body is in: clients that
+/// trickle bytes in (or stall) hold nothing that another account's sync waits for. A body
+/// that announces more than the limit is refused before it is sent.
+async fn slow_uploads_do_not_stall_other_accounts_and_oversized_ones_are_refused_unread(db: TestDb) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (server, api) = start(&db).await;
+    let bob = api.register("bob@example.com").await;
+    let bob_password = app_password(&api, &bob).await;
+    let basic = STANDARD.encode(format!("bob@example.com:{bob_password}"));
+    // Three uploads that announce 1 MB and stall after 10 bytes.
+    let mut stalled = Vec::new();
+    for _ in 0..3 {
+        let mut stream = tokio::net::TcpStream::connect(server.addr)
+            .await
+            .expect("connect");
+        let head = format!(
+            "PUT /dav/chatgpt-next-web/backup.json HTTP/1.1\r\nhost: x\r\nauthorization: Basic {basic}\r\n\
+             content-length: 1000000\r\n\r\n{{\"chat-ne"
+        );
+        stream.write_all(head.as_bytes()).await.expect("write");
+        stalled.push(stream);
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // Another account syncs meanwhile, at once.
+    let ann = api.register("ann@example.com").await;
+    let password = app_password(&api, &ann).await;
+    let mut laptop = Device::webdav(
+        &api,
+        "ann@example.com",
+        &password,
+        nextchat_state(vec![session("s1", 1, vec![message("a", "user", "hi", 1)])]),
+    );
+    let synced = tokio::time::timeout(std::time::Duration::from_secs(5), laptop.sync()).await;
+    assert!(synced.is_ok(), "a sync waited for stalled uploads");
+
+    // Announcing more than the limit: refused before any body byte is sent.
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    let head = format!(
+        "PUT /dav/chatgpt-next-web/backup.json HTTP/1.1\r\nhost: x\r\nauthorization: Basic {basic}\r\n\
+         content-length: {}\r\n\r\n",
+        server.state.config.nextchat_max_upload_bytes + 1
+    );
+    stream.write_all(head.as_bytes()).await.expect("write");
+    let mut answer = vec![0u8; 1024];
+    let n = tokio::time::timeout(std::time::Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer without sending the body")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    drop(stalled);
 }
 
 /// A reverse proxy that serves nextsync under `/nextsync` may pass the prefix on: every

@@ -29,7 +29,6 @@ use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
-use futures::TryStreamExt;
 use nextsync_core::api::{
     ErrorBody, MergeSummary, NextChatSettings, NextChatSettingsUpdate, SnapshotList, SnapshotView,
 };
@@ -46,9 +45,8 @@ use nextsync_store::sync::ApplyError;
 use serde::Deserialize;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
-use std::io::Read;
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use downloads::Downloads;
@@ -60,35 +58,85 @@ const MERGE_ATTEMPTS: usize = 8;
 /// zstd level for kept uploads: fast, and NextChat JSON still shrinks several-fold.
 const SNAPSHOT_ZSTD_LEVEL: i32 = 3;
 
-/// Whole-state uploads parsed and merged at once per process: each holds its state as a
-/// value tree (~2× its size) plus the rows it compares with, so a burst of large uploads
-/// queues instead of taking the process's memory.
-const CONCURRENT_UPLOADS: usize = 2;
-
 /// The doors' shared parts, in [`AppState`].
 #[derive(Debug, Clone)]
 pub struct NextChat {
     pub sealer: Arc<Sealer>,
     pub downloads: Arc<Downloads>,
-    uploads: Arc<Semaphore>,
+    uploads: Arc<UploadBudget>,
 }
 
 impl NextChat {
-    pub fn new(sealer: Sealer) -> Self {
+    /// `max_upload`: the largest upload accepted; twice that many body bytes may be parsed
+    /// and merged at once in the process.
+    pub fn new(sealer: Sealer, max_upload: usize) -> Self {
         Self {
             sealer: Arc::new(sealer),
             downloads: Arc::new(Downloads::default()),
-            uploads: Arc::new(Semaphore::new(CONCURRENT_UPLOADS)),
+            uploads: Arc::new(UploadBudget::new(max_upload.saturating_mul(2))),
         }
     }
 
-    /// Waits for a turn to parse and merge a whole state.
-    pub(crate) async fn upload_turn(&self) -> Result<OwnedSemaphorePermit, ApiError> {
-        self.uploads
+    /// Waits for room to parse and merge `bytes` of `user`'s upload (see [`UploadBudget`]).
+    pub(crate) async fn upload_turn(&self, user: UserId, bytes: usize) -> Result<UploadTurn, ApiError> {
+        self.uploads.turn(user, bytes).await
+    }
+}
+
+/// Memory for whole-state uploads. A parsed upload is held as a value tree (~2× its text)
+/// beside the rows it is compared with, so how many run at once is bounded by their sizes:
+/// process-wide by a budget of body bytes, and per account one at a time. The turn is taken
+/// once the body is read (its size known), never while a client trickles it in: two slow
+/// clients must not stall every other upload.
+#[derive(Debug)]
+struct UploadBudget {
+    /// Permits are KiB of body.
+    kib: Arc<Semaphore>,
+    total_kib: u32,
+    accounts: std::sync::Mutex<HashMap<UserId, Arc<tokio::sync::Mutex<()>>>>,
+}
+
+/// A granted upload turn; dropping it frees its share.
+#[derive(Debug)]
+pub(crate) struct UploadTurn {
+    _kib: OwnedSemaphorePermit,
+    _account: tokio::sync::OwnedMutexGuard<()>,
+}
+
+impl UploadBudget {
+    fn new(total_bytes: usize) -> Self {
+        let total_kib = u32::try_from(total_bytes / 1024).unwrap_or(u32::MAX).max(1);
+        Self {
+            kib: Arc::new(Semaphore::new(total_kib as usize)),
+            total_kib,
+            accounts: std::sync::Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn turn(&self, user: UserId, bytes: usize) -> Result<UploadTurn, ApiError> {
+        let account = {
+            let mut accounts = self
+                .accounts
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            // Accounts nobody holds or waits for are forgotten.
+            accounts.retain(|_, lock| Arc::strong_count(lock) > 1);
+            accounts.entry(user).or_default().clone()
+        };
+        let account = account.lock_owned().await;
+        let kib = u32::try_from(bytes.div_ceil(1024))
+            .unwrap_or(u32::MAX)
+            .clamp(1, self.total_kib);
+        let kib = self
+            .kib
             .clone()
-            .acquire_owned()
+            .acquire_many_owned(kib)
             .await
-            .map_err(ApiError::internal)
+            .map_err(ApiError::internal)?;
+        Ok(UploadTurn {
+            _kib: kib,
+            _account: account,
+        })
     }
 }
 
@@ -144,54 +192,33 @@ fn too_large(limit: usize) -> ApiError {
     )
 }
 
-/// Parses a request body as JSON while it streams in (no `Content-Length` needed), refusing
-/// more than `limit` bytes.
-pub(crate) async fn read_state(body: Body, limit: usize) -> Result<Value, ApiError> {
-    let stream = body.into_data_stream().map_err(std::io::Error::other);
-    let reader = tokio_util::io::SyncIoBridge::new(tokio_util::io::StreamReader::new(stream));
-    let exceeded = Arc::new(AtomicBool::new(false));
-    let flag = exceeded.clone();
-    let parsed = tokio::task::spawn_blocking(move || {
-        let limited = Limited {
-            inner: reader,
-            left: limit,
-            exceeded: flag,
-        };
-        serde_json::from_reader::<_, Value>(std::io::BufReader::with_capacity(64 * 1024, limited))
-    })
-    .await?;
-    match parsed {
-        Ok(value) => Ok(value),
-        Err(_) if exceeded.load(Ordering::Relaxed) => Err(too_large(limit)),
-        Err(e) if e.is_io() => Err(ApiError::bad_request(
-            "unreadable_body",
-            format!("the request body could not be read: {e}"),
-        )),
-        Err(e) => Err(invalid_state(e)),
+/// A whole-state upload's body, read as it streams in (no `Content-Length` needed) and
+/// refused past `limit` bytes: a refused body never costs more than the limit, and one that
+/// announces more is refused before a byte is read.
+pub(crate) async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
+    use axum::body::HttpBody as _;
+    if body.size_hint().lower() > limit as u64 {
+        return Err(too_large(limit));
     }
-}
-
-/// A reader that fails once more than `left` bytes went through it.
-struct Limited<R> {
-    inner: R,
-    left: usize,
-    exceeded: Arc<AtomicBool>,
-}
-
-impl<R: Read> Read for Limited<R> {
-    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        match self.left.checked_sub(n) {
-            Some(left) => {
-                self.left = left;
-                Ok(n)
-            }
-            None => {
-                self.exceeded.store(true, Ordering::Relaxed);
-                Err(std::io::Error::other("body too large"))
-            }
+    axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let too_big = std::error::Error::source(&e)
+            .is_some_and(|source| source.is::<http_body_util::LengthLimitError>());
+        if too_big {
+            too_large(limit)
+        } else {
+            ApiError::bad_request(
+                "unreadable_body",
+                format!("the request body could not be read: {e}"),
+            )
         }
-    }
+    })
+}
+
+/// Parses a read body as a JSON value, off the async runtime.
+pub(crate) async fn parse_state(body: Bytes) -> Result<Value, ApiError> {
+    tokio::task::spawn_blocking(move || serde_json::from_slice::<Value>(&body))
+        .await?
+        .map_err(invalid_state)
 }
 
 /// An upload made ready off the async runtime: parsed into entities, its secrets out, its
@@ -451,7 +478,15 @@ pub async fn restore_snapshot(
         .snapshot_body(auth.user, id)
         .await?
         .ok_or_else(not_found)?;
-    let _turn = state.nextchat.upload_turn().await?;
+    // The kept JSON is several times its compressed size; the snapshot's listing knows it.
+    let bytes = state
+        .store
+        .snapshots(auth.user)
+        .await?
+        .into_iter()
+        .find(|s| s.id == id)
+        .map_or(body.len(), |s| usize::try_from(s.bytes).unwrap_or(usize::MAX));
+    let _turn = state.nextchat.upload_turn(auth.user, bytes).await?;
     let snapshot = tokio::task::spawn_blocking(move || {
         let json = zstd::stream::decode_all(&body[..])?;
         serde_json::from_slice::<Value>(&json).map_err(std::io::Error::other)
@@ -513,8 +548,9 @@ pub async fn import(
     body: Body,
 ) -> Result<Json<MergeSummary>, ApiError> {
     check_format(&query)?;
-    let _turn = state.nextchat.upload_turn().await?;
-    let upload = read_state(body, state.config.nextchat_max_upload_bytes).await?;
+    let body = read_body(body, state.config.nextchat_max_upload_bytes).await?;
+    let _turn = state.nextchat.upload_turn(auth.user, body.len()).await?;
+    let upload = parse_state(body).await?;
     Ok(Json(
         merge_upload(&state, auth.user, upload, Source::Import, None, None).await?,
     ))

@@ -199,7 +199,8 @@ async fn set(state: &AppState, auth: AppPasswordUser, key: Key, body: Body) -> R
                     format!("a NextChat state may be at most {limit} bytes; nothing was changed"),
                 )
             };
-            let _turn = state.nextchat.upload_turn().await?;
+            // Staging holds at most one upload's worth per account, checked as it came in.
+            let _turn = state.nextchat.upload_turn(auth.user, limit).await?;
             let max_bytes = i64::try_from(limit).unwrap_or(i64::MAX);
             let chunks = match state
                 .store

@@ -13,7 +13,7 @@
 //! reads as "remote empty". Never 404 or an empty body for anything else: errors are JSON.
 
 use super::downloads::DoorKey;
-use super::{Source, download, merge_upload, read_state};
+use super::{Source, download, merge_upload, parse_state, read_body};
 use crate::auth::AppPasswordUser;
 use crate::edge::empty_on_purpose;
 use crate::error::ApiError;
@@ -129,8 +129,9 @@ async fn door(state: AppState, path: &str, method: Method, request: Request) -> 
             None => empty_on_purpose(StatusCode::NOT_FOUND),
         }),
         (Target::File, "PUT") => {
-            let _turn = state.nextchat.upload_turn().await?;
-            let upload = read_state(body, state.config.nextchat_max_upload_bytes).await?;
+            let body = read_body(body, state.config.nextchat_max_upload_bytes).await?;
+            let _turn = state.nextchat.upload_turn(auth.user, body.len()).await?;
+            let upload = parse_state(body).await?;
             merge_upload(
                 &state,
                 auth.user,
