@@ -28,6 +28,9 @@ pub struct RegisterRequest {
     /// Shown in the device list; defaults to "unnamed device".
     #[serde(default)]
     pub device_name: Option<String>,
+    /// Keep the refresh token in an `HttpOnly` cookie instead of the answer (web pages).
+    #[serde(default)]
+    pub refresh_cookie: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
@@ -36,11 +39,16 @@ pub struct LoginRequest {
     pub password: Secret,
     #[serde(default)]
     pub device_name: Option<String>,
+    /// Keep the refresh token in an `HttpOnly` cookie instead of the answer (web pages).
+    #[serde(default)]
+    pub refresh_cookie: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct RefreshRequest {
-    pub refresh_token: Secret,
+    /// Absent: the refresh token is the sign-in cookie (web pages on this server's origin).
+    #[serde(default)]
+    pub refresh_token: Option<Secret>,
 }
 
 /// The answer to register, login and refresh.
@@ -49,8 +57,10 @@ pub struct TokenResponse {
     pub user_id: UserId,
     pub device_id: DeviceId,
     pub access_token: Secret,
-    /// Single use: every refresh answers with a new one.
-    pub refresh_token: Secret,
+    /// Single use: every refresh answers with a new one. Absent when it went into the
+    /// sign-in cookie (`refresh_cookie`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh_token: Option<Secret>,
     /// Always `Bearer`.
     pub token_type: String,
     /// Seconds until the access token expires.

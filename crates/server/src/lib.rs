@@ -10,6 +10,7 @@
 //! - [`nextchat`]: the NextChat doors (WebDAV, Upstash), settings, snapshots, export/import.
 //! - [`ops`]: health, readiness, metrics, OpenAPI; [`metrics`]: the Prometheus recorder.
 //! - [`mail`]: the log and SMTP mailers; [`secrets`]: keys generated into the data dir.
+//! - [`web`]: the web app at `/` (embedded ES modules and CSS).
 //! - [`error`]: [`ApiError`]; [`extract`]: JSON, query, path and client-address extractors;
 //!   [`edge`]: request bodies drained or announced, and layers' bare errors in the error shape.
 
@@ -28,6 +29,7 @@ pub mod router;
 pub mod secrets;
 pub mod state;
 pub mod sync;
+pub mod web;
 pub mod ws;
 
 pub use config::Config;

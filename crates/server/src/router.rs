@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{account, auth, edge, metrics, nextchat, ops, sync, ws};
+use crate::{account, auth, edge, metrics, nextchat, ops, sync, web, ws};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
@@ -38,6 +38,7 @@ pub fn app(state: AppState) -> Router {
         .merge(nextchat::router())
         .merge(ws::router())
         .merge(ops::router())
+        .merge(web::router())
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(CompressionLayer::new().compress_when(worth_compressing()));
     // NextChat's doors answer uncompressed: a fetch-passthrough proxy in front of `/dav`

@@ -5,6 +5,7 @@
 //! that depends on whether the account exists, so neither reveals which emails have accounts.
 
 use crate::auth::AuthUser;
+use crate::auth::cookie;
 use crate::auth::tokens::{TokenKind, new_opaque, parse_opaque};
 use crate::bus::Notice;
 use crate::config::Registration;
@@ -14,7 +15,9 @@ use crate::mail::Mail;
 use crate::metrics::LOGINS;
 use crate::state::AppState;
 use axum::extract::State;
-use axum::http::StatusCode;
+use axum::http::header::SET_COOKIE;
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
 use nextsync_core::account::{Email, check_new_password};
 use nextsync_core::api::{
     ChangePasswordRequest, ErrorBody, ForgotPasswordRequest, LoginRequest, RefreshRequest, RegisterRequest,
@@ -42,7 +45,7 @@ pub async fn register(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     Json(req): Json<RegisterRequest>,
-) -> Result<(StatusCode, Json<TokenResponse>), ApiError> {
+) -> Result<Response, ApiError> {
     state.limits.check_ip(ip)?;
     if state.config.registration == Registration::Closed {
         return Err(ApiError::forbidden(
@@ -75,7 +78,7 @@ pub async fn register(
         other => other?,
     }
     let tokens = token_response(&state, user.id, device.device_id, refresh_token, now)?;
-    Ok((StatusCode::CREATED, Json(tokens)))
+    signed_in(&state, StatusCode::CREATED, tokens, req.refresh_cookie)
 }
 
 #[utoipa::path(post, path = "/v1/auth/login", tag = "auth", request_body = LoginRequest,
@@ -89,7 +92,7 @@ pub async fn login(
     State(state): State<AppState>,
     ClientIp(ip): ClientIp,
     Json(req): Json<LoginRequest>,
-) -> Result<Json<TokenResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     state.limits.check_ip(ip)?;
     let device_name = device_name(req.device_name)?;
     // A malformed email cannot have an account: treat it exactly like an unknown one.
@@ -126,13 +129,8 @@ pub async fn login(
     let (device, refresh_token) = new_device(&state, user.id, device_name, now)?;
     state.store.add_device(&device).await?;
     metrics::counter!(LOGINS, "result" => "ok").increment(1);
-    Ok(Json(token_response(
-        &state,
-        user.id,
-        device.device_id,
-        refresh_token,
-        now,
-    )?))
+    let tokens = token_response(&state, user.id, device.device_id, refresh_token, now)?;
+    signed_in(&state, StatusCode::OK, tokens, req.refresh_cookie)
 }
 
 #[utoipa::path(post, path = "/v1/auth/refresh", tag = "auth", request_body = RefreshRequest,
@@ -142,16 +140,23 @@ pub async fn login(
     ))]
 pub async fn refresh(
     State(state): State<AppState>,
+    headers: HeaderMap,
     Json(req): Json<RefreshRequest>,
-) -> Result<Json<TokenResponse>, ApiError> {
+) -> Result<Response, ApiError> {
     let invalid = || {
         ApiError::unauthorized(
             "invalid_refresh_token",
             "refresh token is invalid or expired; sign in again",
         )
     };
-    let (user, presented) =
-        parse_opaque(TokenKind::Refresh, req.refresh_token.expose()).ok_or_else(invalid)?;
+    let (token, in_cookie) = match req.refresh_token {
+        Some(token) => (token, false),
+        None => (
+            cookie::presented(&headers, &state.config)?.ok_or_else(invalid)?,
+            true,
+        ),
+    };
+    let (user, presented) = parse_opaque(TokenKind::Refresh, token.expose()).ok_or_else(invalid)?;
     let now = Timestamp::now();
     let (refresh_token, hash) = new_opaque(TokenKind::Refresh, user)?;
     let next = NewRefreshToken {
@@ -161,7 +166,8 @@ pub async fn refresh(
     };
     match state.store.rotate_refresh_token(user, &presented, &next).await? {
         RefreshOutcome::Rotated { device_id } => {
-            Ok(Json(token_response(&state, user, device_id, refresh_token, now)?))
+            let tokens = token_response(&state, user, device_id, refresh_token, now)?;
+            signed_in(&state, StatusCode::OK, tokens, in_cookie)
         }
         RefreshOutcome::Reused { device_id } => {
             tracing::warn!(%user, %device_id, "refresh token reused: device signed out");
@@ -176,14 +182,18 @@ pub async fn refresh(
 }
 
 #[utoipa::path(post, path = "/v1/auth/logout", tag = "auth", security(("bearer" = [])),
-    responses((status = 204, description = "this device is signed out")))]
-pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<StatusCode, ApiError> {
+    responses((status = 204, description = "this device is signed out (and the sign-in cookie removed)")))]
+pub async fn logout(State(state): State<AppState>, auth: AuthUser) -> Result<Response, ApiError> {
     state
         .store
         .revoke_device(auth.user, auth.device, Timestamp::now(), DeviceEnd::SignOut)
         .await?;
     state.bus.notify(Notice::SignedOut { user: auth.user });
-    Ok(StatusCode::NO_CONTENT)
+    Ok((
+        StatusCode::NO_CONTENT,
+        [(SET_COOKIE, cookie::clear(&state.config))],
+    )
+        .into_response())
 }
 
 #[utoipa::path(post, path = "/v1/auth/password/forgot", tag = "auth", request_body = ForgotPasswordRequest,
@@ -382,6 +392,25 @@ fn new_device(
     Ok((device, refresh_token))
 }
 
+/// The answer to a sign-in or refresh: the tokens, with the refresh token moved into the
+/// sign-in cookie when the client asked for that.
+fn signed_in(
+    state: &AppState,
+    status: StatusCode,
+    mut tokens: TokenResponse,
+    in_cookie: bool,
+) -> Result<Response, ApiError> {
+    if !in_cookie {
+        return Ok((status, Json(tokens)).into_response());
+    }
+    let token = tokens
+        .refresh_token
+        .take()
+        .ok_or_else(|| ApiError::internal(anyhow::anyhow!("no refresh token to keep")))?;
+    let set = cookie::set(&state.config, &token)?;
+    Ok((status, [(SET_COOKIE, set)], Json(tokens)).into_response())
+}
+
 fn token_response(
     state: &AppState,
     user: UserId,
@@ -393,7 +422,7 @@ fn token_response(
         user_id: user,
         device_id: device,
         access_token: state.tokens.issue(user, device, now)?,
-        refresh_token,
+        refresh_token: Some(refresh_token),
         token_type: "Bearer".to_owned(),
         expires_in: state.tokens.ttl().as_secs(),
     })

@@ -5,8 +5,10 @@
 //! - [`extract`]: [`AuthUser`] (a valid access token of a signed-in device) and
 //!   [`AppPasswordUser`] (an app password, for NextChat's WebDAV/Upstash doors; never `/v1`).
 //! - [`tokens`]: access-token JWTs and opaque tokens; [`password`]: Argon2id;
-//!   [`limits`]: per-address and per-account rate limits.
+//!   [`limits`]: per-address and per-account rate limits; [`cookie`]: the web app's
+//!   `HttpOnly` refresh-token cookie.
 
+pub mod cookie;
 pub mod extract;
 pub mod handlers;
 pub mod limits;

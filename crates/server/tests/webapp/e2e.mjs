@@ -1,0 +1,201 @@
+// The web app end to end in the system's Chromium, against a real nextsync server.
+//
+//   node e2e.mjs <server base URL> <server data dir> <screenshot dir>
+//
+// Run by crates/server/tests/webapp.rs (which starts the server). Exits non-zero on the first
+// failed check; every page is screenshot at 360 and 1280 px wide into the screenshot dir.
+
+import { chromium } from "playwright-core";
+import assert from "node:assert/strict";
+import fs from "node:fs";
+import path from "node:path";
+
+const [base, dataDir, shots] = process.argv.slice(2);
+const BASE = base.replace(/\/$/, "");
+const PASSWORD = "correct horse battery staple";
+const EMAIL = "ann@example.org";
+fs.mkdirSync(shots, { recursive: true });
+
+const browser = await chromium.launch({
+  executablePath: process.env.CHROMIUM ?? "/usr/bin/chromium",
+  args: ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+
+/** A fresh browser profile; fails the run on any page error or CSP violation. */
+async function newPage(name) {
+  const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+  const page = await context.newPage();
+  page.on("pageerror", (e) => fail(`${name}: page error: ${e.message}`));
+  page.on("console", (m) => {
+    if (m.type() === "error" && /Content Security Policy|Refused to/.test(m.text())) {
+      fail(`${name}: ${m.text()}`);
+    }
+  });
+  page.on("request", (r) => {
+    const url = new URL(r.url());
+    if (url.origin !== new URL(BASE).origin && !r.url().startsWith("data:")) {
+      fail(`${name}: request to another origin: ${r.url()}`);
+    }
+  });
+  return { context, page };
+}
+
+function fail(message) {
+  console.error(`FAILED: ${message}`);
+  process.exit(1);
+}
+
+async function shoot(page, name) {
+  const size = page.viewportSize();
+  for (const width of [1280, 360]) {
+    await page.setViewportSize({ width, height: width === 360 ? 740 : 800 });
+    await page.screenshot({ path: path.join(shots, `${name}-${width}.png`), fullPage: true });
+  }
+  await page.setViewportSize(size);
+}
+
+async function step(name, run) {
+  const started = Date.now();
+  await run();
+  console.log(`ok: ${name} (${Date.now() - started} ms)`);
+}
+
+const { page: laptop } = await newPage("laptop");
+let appPassword;
+
+await step("sign up, and the forms are what password managers expect", async () => {
+  await laptop.goto(`${BASE}/`);
+  await laptop.waitForSelector("#email");
+  await shoot(laptop, "sign-in");
+  assert.equal(await laptop.getAttribute("#email", "type"), "email");
+  assert.equal(await laptop.getAttribute("#password", "autocomplete"), "current-password");
+  await laptop.click("#to-signup");
+  assert.equal(await laptop.getAttribute("#password", "autocomplete"), "new-password");
+  await shoot(laptop, "sign-up");
+  await laptop.fill("#email", EMAIL);
+  await laptop.fill("#password", PASSWORD);
+  await laptop.click("button[type=submit]");
+  await laptop.waitForSelector("#device-list");
+  await laptop.waitForSelector("#live.live", { timeout: 5000 });
+  assert.match(await laptop.textContent("#device-list"), /Web · Chrome/);
+  await shoot(laptop, "devices");
+});
+
+await step("the refresh token is out of page script's reach, and a reload stays signed in", async () => {
+  const cookies = await laptop.evaluate(() => document.cookie);
+  assert.ok(!cookies.includes("nextsync_refresh"), `readable: ${cookies}`);
+  const stored = (await laptop.context().cookies()).find((c) => c.name === "nextsync_refresh");
+  assert.ok(stored?.httpOnly && stored.sameSite === "Strict", JSON.stringify(stored));
+  await laptop.reload();
+  await laptop.waitForSelector("#device-list");
+});
+
+await step("an app password comes with the exact NextChat settings, and they work", async () => {
+  await laptop.click("button[data-tab=nextchat]");
+  await laptop.fill("#label", "NextChat laptop");
+  await laptop.click("button[type=submit]");
+  await laptop.waitForSelector("#new-app-password");
+  appPassword = (await laptop.textContent("#new-app-password")).trim();
+  assert.match(appPassword, /^nsa_/);
+  await shoot(laptop, "app-password");
+  const settings = async (mode) => Object.fromEntries(await laptop.$$eval(
+    `table[data-mode=${mode}] tr`,
+    (rows) => rows.map((r) => [r.querySelector("th").textContent, r.querySelector("code")?.textContent ?? r.querySelector("td").textContent]),
+  ));
+  const proxy = await settings("proxy-webdav");
+  assert.equal(proxy["Proxy Endpoint"], BASE);
+  assert.equal(proxy["User Name"], EMAIL);
+  assert.equal(proxy.Password, appPassword);
+  // What NextChat sends with these settings: Check Connection, then a sync's PUT and GET.
+  const auth = `Basic ${Buffer.from(`${proxy["User Name"]}:${proxy.Password}`, "latin1").toString("base64")}`;
+  const endpoint = encodeURIComponent(proxy["WebDAV Endpoint"]);
+  const check = await fetch(`${proxy["Proxy Endpoint"]}/api/webdav/chatgpt-next-web?endpoint=${endpoint}&proxy_method=MKCOL`, { headers: { authorization: auth } });
+  assert.ok([200, 201, 405].includes(check.status), `check: ${check.status}`);
+  const state = {
+    "chat-next-web-store": { sessions: [{ id: "s1", topic: "Hello from the web test", messages: [{ id: "m1", role: "user", content: "hi" }] }] },
+    "access-control": {}, "app-config": {}, "mask-store": { masks: {} }, "prompt-store": { prompts: {} },
+  };
+  const put = await fetch(`${proxy["Proxy Endpoint"]}/api/webdav/chatgpt-next-web/backup.json?endpoint=${endpoint}`,
+    { method: "PUT", headers: { authorization: auth }, body: JSON.stringify(state) });
+  assert.ok(put.ok, `put: ${put.status}`);
+  const upstash = await settings("proxy-upstash");
+  const count = await fetch(`${upstash["Proxy Endpoint"]}//api/upstash/get/${upstash["Backup Name"]}-chunk-count/`,
+    { headers: { authorization: `Bearer ${upstash["UpStash Redis REST Token"]}` } });
+  assert.deepEqual(await count.json(), { result: "1" });
+  const plain = await settings("plain-dav");
+  const got = await fetch(`${plain["WebDAV Endpoint"]}chatgpt-next-web/backup.json`, { headers: { authorization: auth } });
+  assert.match(await got.text(), /Hello from the web test/);
+});
+
+await step("sync settings switch, and the account page", async () => {
+  await laptop.click("button[data-tab=settings]");
+  await laptop.check("#setting-sync_settings");
+  await laptop.waitForSelector(".notice:has-text('Saved')");
+  await shoot(laptop, "settings");
+  await laptop.click("button[data-tab=account]");
+  await laptop.waitForSelector("text=Delete account");
+  await shoot(laptop, "account");
+});
+
+await step("Simplified Chinese", async () => {
+  await laptop.selectOption("header select", "zh");
+  await laptop.waitForSelector("button[data-tab=devices]:has-text('设备')");
+  await shoot(laptop, "account-zh");
+  await laptop.selectOption("header select", "en");
+});
+
+await step("a device removed from another browser drops to sign-in within 2 s", async () => {
+  await laptop.click("button[data-tab=devices]");
+  const { page: phone } = await newPage("phone");
+  await phone.goto(`${BASE}/`);
+  await phone.fill("#email", EMAIL);
+  await phone.fill("#password", PASSWORD);
+  await phone.click("button[type=submit]");
+  await phone.waitForSelector("#device-list li:nth-child(2)");
+  phone.on("dialog", (dialog) => dialog.accept());
+  await phone.click("#device-list button.danger");
+  const removed = Date.now();
+  await laptop.waitForSelector("#email", { timeout: 2000 });
+  console.log(`   signed out after ${Date.now() - removed} ms`);
+  await shoot(laptop, "signed-out");
+  await phone.close();
+});
+
+await step("a forgotten password is reset from the link in the mail", async () => {
+  await laptop.click("text=Forgot your password?");
+  await laptop.fill("#email", EMAIL);
+  await laptop.click("button[type=submit]");
+  await laptop.waitForSelector(".notice");
+  const outbox = path.join(dataDir, "outbox");
+  let link;
+  for (let i = 0; i < 50 && !link; i++) {
+    const mails = fs.existsSync(outbox) ? fs.readdirSync(outbox) : [];
+    for (const mail of mails) {
+      // Quoted-printable: soft line breaks and =XX escapes.
+      const text = fs.readFileSync(path.join(outbox, mail), "utf8").replace(/=\r?\n/g, "")
+        .replace(/=([0-9A-F]{2})/g, (_, hex) => String.fromCharCode(parseInt(hex, 16)));
+      link = text.match(/https?:\/\/\S+\/reset-password\?token=nsp_[\w-]+/)?.[0];
+    }
+    if (!link) await new Promise((r) => setTimeout(r, 100));
+  }
+  assert.ok(link, "no reset mail in the outbox");
+  await laptop.goto(link);
+  await laptop.fill("#password", "a brand new passphrase");
+  await shoot(laptop, "reset-password");
+  await laptop.click("button[type=submit]");
+  await laptop.waitForSelector(".notice");
+  await laptop.fill("#email", EMAIL);
+  await laptop.fill("#password", "a brand new passphrase");
+  await laptop.click("button[type=submit]");
+  await laptop.waitForSelector("#device-list");
+});
+
+await step("the app password died with the old password", async () => {
+  const auth = `Basic ${Buffer.from(`${EMAIL}:${appPassword}`).toString("base64")}`;
+  const got = await fetch(`${BASE}/dav/chatgpt-next-web/backup.json`, { headers: { authorization: auth } });
+  assert.equal(got.status, 401);
+});
+
+await browser.close();
+console.log("all web app checks passed");

@@ -1,0 +1,602 @@
+// nextsync's web app: account, devices, NextChat app passwords and sync settings.
+//
+// Plain ES modules, no build step. The access token lives in this module's memory only;
+// the refresh token is an HttpOnly cookie the page cannot read (see auth/cookie.rs). Every
+// piece of text from the server goes into the page as text (textContent), never as HTML.
+
+import { t, language, setLanguage } from "./i18n.js";
+
+/** The server's base URL: where this page was served from (it may sit under a sub-path). */
+const BASE = new URL("..", import.meta.url);
+const root = document.getElementById("app");
+
+const session = {
+  access: null,
+  expiresAt: 0,
+  deviceId: null,
+  email: null,
+  socket: null,
+  refreshTimer: null,
+  live: "offline",
+};
+
+// ---------------------------------------------------------------------------------------
+// DOM helpers: elements from tag, attributes and children (strings become text nodes).
+
+function h(tag, attrs = {}, ...children) {
+  const el = document.createElement(tag);
+  for (const [name, value] of Object.entries(attrs)) {
+    if (value === false || value === null || value === undefined) continue;
+    if (name.startsWith("on")) el.addEventListener(name.slice(2), value);
+    else if (name === "text") el.textContent = value;
+    else el.setAttribute(name, value === true ? "" : value);
+  }
+  for (const child of children.flat()) {
+    if (child === null || child === undefined || child === false) continue;
+    el.append(child instanceof Node ? child : document.createTextNode(String(child)));
+  }
+  return el;
+}
+
+function show(...nodes) {
+  root.replaceChildren(...nodes);
+  const first = root.querySelector("h1, input, button");
+  if (first && first.tagName === "INPUT") first.focus();
+}
+
+function when(ms) {
+  if (!ms) return t("never");
+  return new Date(ms).toLocaleString(language() === "zh" ? "zh-CN" : undefined);
+}
+
+function errorLine() {
+  return h("p", { class: "error", role: "alert" });
+}
+
+// ---------------------------------------------------------------------------------------
+// The API.
+
+class ApiError extends Error {
+  constructor(status, code, message) {
+    super(message);
+    this.status = status;
+    this.code = code;
+  }
+}
+
+async function request(method, path, body, { auth = true, retry = true } = {}) {
+  const headers = {};
+  if (body !== undefined) headers["content-type"] = "application/json";
+  if (auth && session.access) headers.authorization = `Bearer ${session.access}`;
+  const response = await fetch(new URL(path, BASE), {
+    method,
+    headers,
+    body: body === undefined ? undefined : JSON.stringify(body),
+    credentials: "same-origin",
+  });
+  const text = await response.text();
+  const data = text ? JSON.parse(text) : null;
+  if (response.ok) return data;
+  const code = data?.error?.code ?? "http_error";
+  if (auth && retry && response.status === 401 && (await refresh())) {
+    return request(method, path, body, { auth, retry: false });
+  }
+  if (auth && response.status === 401) signedOut(t("signedOutElsewhere"));
+  throw new ApiError(response.status, code, data?.error?.message ?? response.statusText);
+}
+
+/** Takes the answer of a sign-in or refresh. */
+function signedIn(tokens) {
+  session.access = tokens.access_token;
+  session.deviceId = tokens.device_id;
+  session.expiresAt = Date.now() + tokens.expires_in * 1000;
+  clearTimeout(session.refreshTimer);
+  // Renew a minute before expiry (never sooner than in ten seconds).
+  const renewIn = Math.max(10_000, tokens.expires_in * 1000 - 60_000);
+  session.refreshTimer = setTimeout(async () => {
+    if (await refresh()) sendOnSocket({ type: "auth", access_token: session.access });
+  }, renewIn);
+}
+
+/**
+ * New tokens from the sign-in cookie. Tabs of one browser share the cookie, and a refresh
+ * token works once: the Web Locks API makes tabs take turns, so each sends the cookie the
+ * previous refresh left behind instead of reusing one (which would sign the device out).
+ */
+async function refresh() {
+  const run = async () => {
+    try {
+      const response = await fetch(new URL("v1/auth/refresh", BASE), {
+        method: "POST",
+        headers: { "content-type": "application/json" },
+        body: "{}",
+        credentials: "same-origin",
+      });
+      if (!response.ok) return false;
+      signedIn(await response.json());
+      return true;
+    } catch {
+      return false;
+    }
+  };
+  return navigator.locks ? navigator.locks.request("nextsync-refresh", run) : run();
+}
+
+function deviceName() {
+  const ua = navigator.userAgent;
+  const browser = /Edg\//.test(ua) ? "Edge" : /Firefox\//.test(ua) ? "Firefox"
+    : /Chrom(e|ium)\//.test(ua) ? "Chrome" : /Safari\//.test(ua) ? "Safari" : "Browser";
+  const system = /Android/.test(ua) ? "Android" : /iPhone|iPad/.test(ua) ? "iOS"
+    : /Mac OS X/.test(ua) ? "macOS" : /Windows/.test(ua) ? "Windows" : /Linux/.test(ua) ? "Linux" : "";
+  return `Web · ${browser}${system ? ` on ${system}` : ""}`;
+}
+
+// ---------------------------------------------------------------------------------------
+// The live feed: the socket tells this tab at once when its device is signed out.
+
+function connectSocket() {
+  if (!session.access) return;
+  const url = new URL("v1/sync/ws", BASE);
+  url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
+  const socket = new WebSocket(url);
+  session.socket = socket;
+  setLive("connecting");
+  socket.addEventListener("open", () => {
+    socket.send(JSON.stringify({ type: "hello", access_token: session.access, cursor: session.cursor ?? null }));
+  });
+  socket.addEventListener("message", (event) => {
+    const frame = JSON.parse(event.data);
+    if (frame.type === "welcome") setLive("live");
+    if (frame.cursor) session.cursor = frame.cursor;
+    if (frame.type === "error" && (frame.code === "token_revoked" || frame.code === "account_disabled")) {
+      signedOut(t("signedOutElsewhere"));
+    }
+  });
+  socket.addEventListener("close", async () => {
+    if (session.socket !== socket) return;
+    session.socket = null;
+    setLive("offline");
+    if (!session.access) return;
+    // Still signed in? A refused refresh means this device was signed out.
+    setTimeout(async () => {
+      if (!session.access || session.socket) return;
+      if (await refresh()) connectSocket();
+      else signedOut(t("signedOutElsewhere"));
+    }, 1000);
+  });
+}
+
+function sendOnSocket(frame) {
+  if (session.socket?.readyState === WebSocket.OPEN) session.socket.send(JSON.stringify(frame));
+}
+
+function setLive(state) {
+  session.live = state;
+  const badge = document.getElementById("live");
+  if (badge) {
+    badge.className = `status ${state}`;
+    badge.textContent = t(state);
+  }
+}
+
+function signedOut(message) {
+  const socket = session.socket;
+  session.access = null;
+  session.socket = null;
+  clearTimeout(session.refreshTimer);
+  socket?.close();
+  showSignIn(message);
+}
+
+// ---------------------------------------------------------------------------------------
+// Signed out: sign in, create an account, forgot and reset password.
+
+function languageSwitch() {
+  return h("select", {
+    "aria-label": t("language"),
+    onchange: (e) => {
+      setLanguage(e.target.value);
+      route();
+    },
+  },
+  h("option", { value: "en", selected: language() === "en" }, "English"),
+  h("option", { value: "zh", selected: language() === "zh" }, "简体中文"));
+}
+
+function authPage(title, form, ...after) {
+  return h("main", {},
+    h("div", { class: "narrow" },
+      h("div", { class: "row top-row" },
+        h("strong", {}, "nextsync"), languageSwitch()),
+      h("div", { class: "card" }, h("h1", {}, title), form, ...after)));
+}
+
+function field(id, label, type, autocomplete, extra = {}) {
+  return [h("label", { for: id }, label), h("input", { id, name: id, type, autocomplete, required: true, ...extra })];
+}
+
+function showSignIn(message) {
+  const error = errorLine();
+  if (message) error.textContent = message;
+  const form = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const data = new FormData(e.target);
+      error.textContent = "";
+      try {
+        const tokens = await request("POST", "v1/auth/login", {
+          email: data.get("email"), password: data.get("password"),
+          device_name: deviceName(), refresh_cookie: true,
+        }, { auth: false });
+        signedIn(tokens);
+        await startApp();
+      } catch (err) {
+        error.textContent = err.message;
+      }
+    },
+  },
+  field("email", t("email"), "email", "username"),
+  field("password", t("password"), "password", "current-password"),
+  error,
+  h("div", { class: "row" }, h("button", { class: "primary", type: "submit" }, t("signIn"))));
+  show(authPage(t("signIn"), form,
+    h("div", { class: "row" },
+      h("button", { class: "link", type: "button", onclick: showForgot }, t("forgot")),
+      h("button", { class: "link", type: "button", id: "to-signup", onclick: showSignUp }, t("noAccount")))));
+}
+
+function showSignUp() {
+  const error = errorLine();
+  const form = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      const data = new FormData(e.target);
+      error.textContent = "";
+      try {
+        const tokens = await request("POST", "v1/auth/register", {
+          email: data.get("email"), password: data.get("password"),
+          device_name: deviceName(), refresh_cookie: true,
+        }, { auth: false });
+        signedIn(tokens);
+        await startApp();
+      } catch (err) {
+        error.textContent = err.code === "registration_closed" ? t("registrationClosed") : err.message;
+      }
+    },
+  },
+  field("email", t("email"), "email", "username"),
+  field("password", t("password"), "password", "new-password", { minlength: 10 }),
+  h("p", { class: "hint" }, t("passwordRules")),
+  error,
+  h("div", { class: "row" }, h("button", { class: "primary", type: "submit" }, t("signUp"))));
+  show(authPage(t("signUp"), form,
+    h("div", { class: "row" }, h("button", { class: "link", type: "button", onclick: () => showSignIn() }, t("haveAccount")))));
+}
+
+function showForgot() {
+  const error = errorLine();
+  const done = h("p", { class: "notice", role: "status" });
+  const form = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      error.textContent = "";
+      try {
+        await request("POST", "v1/auth/password/forgot", { email: new FormData(e.target).get("email") }, { auth: false });
+        done.textContent = t("linkSent");
+      } catch (err) {
+        error.textContent = err.message;
+      }
+    },
+  },
+  h("p", { class: "hint" }, t("forgotHint")),
+  field("email", t("email"), "email", "username"),
+  error, done,
+  h("div", { class: "row" }, h("button", { class: "primary", type: "submit" }, t("sendLink"))));
+  show(authPage(t("forgotTitle"), form,
+    h("div", { class: "row" }, h("button", { class: "link", type: "button", onclick: () => showSignIn() }, t("backToSignIn")))));
+}
+
+function showReset(token) {
+  const error = errorLine();
+  const form = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      error.textContent = "";
+      try {
+        await request("POST", "v1/auth/password/reset", { token, new_password: new FormData(e.target).get("password") }, { auth: false });
+        history.replaceState(null, "", BASE.pathname);
+        showSignIn();
+        root.querySelector(".error").textContent = "";
+        root.querySelector(".card").append(h("p", { class: "notice", role: "status" }, t("resetDone")));
+      } catch (err) {
+        error.textContent = err.message;
+      }
+    },
+  },
+  field("password", t("newPassword"), "password", "new-password", { minlength: 10 }),
+  h("p", { class: "hint" }, t("passwordRules")),
+  error,
+  h("div", { class: "row" }, h("button", { class: "primary", type: "submit" }, t("resetTitle"))));
+  show(authPage(t("resetTitle"), form));
+}
+
+// ---------------------------------------------------------------------------------------
+// Signed in.
+
+const TABS = [
+  ["devices", "devices", showDevices],
+  ["nextchat", "appPasswords", showAppPasswords],
+  ["settings", "settings", showSettings],
+  ["account", "account", showAccount],
+];
+
+async function startApp() {
+  const me = await request("GET", "v1/me");
+  session.email = me.email;
+  if (!session.socket) connectSocket();
+  const tab = location.hash.slice(1);
+  await showTab(TABS.some(([id]) => id === tab) ? tab : "devices");
+}
+
+async function showTab(id) {
+  const [, label, render] = TABS.find(([tab]) => tab === id);
+  if (location.hash !== `#${id}`) history.replaceState(null, "", `#${id}`);
+  const content = h("main", { id: "content" });
+  show(
+    h("header", { class: "top" },
+      h("span", { class: "brand" }, "nextsync"),
+      h("span", { id: "live", class: `status ${session.live}` }, t(session.live)),
+      h("span", { class: "muted" }, session.email),
+      languageSwitch(),
+      h("button", { type: "button", id: "sign-out", onclick: signOut }, t("signOut"))),
+    h("nav", { class: "tabs", "aria-label": "nextsync" },
+      TABS.map(([tab, name]) => h("button", {
+        type: "button", "data-tab": tab, "aria-current": tab === id ? "page" : false,
+        onclick: () => showTab(tab),
+      }, t(name)))),
+    content);
+  document.title = `${t(label)} · nextsync`;
+  try {
+    await render(content);
+  } catch (err) {
+    content.append(h("p", { class: "error", role: "alert" }, t("somethingWrong", { message: err.message })));
+  }
+}
+
+async function signOut() {
+  try {
+    await request("POST", "v1/auth/logout", {});
+  } catch {
+    // Signed out already.
+  }
+  signedOut();
+}
+
+async function showDevices(content) {
+  const { devices } = await request("GET", "v1/devices");
+  const notice = h("p", { class: "notice", role: "status" });
+  content.append(h("section", { class: "card" },
+    h("h1", {}, t("devices")),
+    h("ul", { class: "list", id: "device-list" }, devices.map((device) => h("li", {},
+      h("div", { class: "item-main" },
+        h("div", { class: "item-title" }, device.name, device.current ? h("span", { class: "badge" }, t("thisDevice")) : null),
+        h("div", { class: "muted" }, `${t("created")}: ${when(device.created_at)} · ${t("lastSeen")}: ${when(device.last_seen_at)}`)),
+      device.current ? null : h("button", {
+        type: "button", class: "danger", "aria-label": `${t("revoke")}: ${device.name}`,
+        onclick: async () => {
+          if (!confirm(t("confirmRevoke", { name: device.name }))) return;
+          await request("DELETE", `v1/devices/${device.device_id}`);
+          await showTab("devices");
+        },
+      }, t("revoke"))))),
+    devices.length > 1 ? h("div", { class: "row" }, h("button", {
+      type: "button",
+      onclick: async () => {
+        for (const device of devices.filter((d) => !d.current)) {
+          await request("DELETE", `v1/devices/${device.device_id}`);
+        }
+        await showTab("devices");
+        root.querySelector("#content .card").append(h("p", { class: "notice", role: "status" }, t("othersSignedOut")));
+      },
+    }, t("signOutOthers"))) : null,
+    notice));
+}
+
+function copyButton(value) {
+  const button = h("button", {
+    type: "button", class: "copy",
+    onclick: async () => {
+      try {
+        await navigator.clipboard.writeText(value);
+        button.textContent = t("copied");
+      } catch {
+        button.textContent = "—";
+      }
+    },
+  }, t("copy"));
+  return button;
+}
+
+/** The exact NextChat settings for `password`, three ways. */
+function nextchatSetup(password) {
+  const base = BASE.href.replace(/\/$/, "");
+  const row = (name, value, literal = true) => h("tr", {},
+    h("th", { scope: "row" }, name),
+    h("td", {}, literal ? [h("code", {}, value), copyButton(value)] : value));
+  return h("div", { id: "nextchat-setup" },
+    h("h2", {}, t("setupTitle")),
+    h("details", { open: true }, h("summary", {}, t("proxyWebdav")),
+      h("table", { class: "settings", "data-mode": "proxy-webdav" },
+        row(t("syncType"), "WebDAV", false), row(t("corsProxy"), t("on"), false),
+        row(t("proxyEndpoint"), base), row(t("webdavEndpoint"), `${base}/dav/`),
+        row(t("userName"), session.email), row(t("password"), password))),
+    h("details", {}, h("summary", {}, t("proxyUpstash")),
+      h("table", { class: "settings", "data-mode": "proxy-upstash" },
+        row(t("syncType"), "UpStash", false), row(t("corsProxy"), t("on"), false),
+        row(t("proxyEndpoint"), base), row(t("upstashUrl"), base),
+        row(t("backupName"), "chatgpt-next-web"), row(t("upstashToken"), password))),
+    h("details", {}, h("summary", {}, t("plainDav")),
+      h("p", { class: "hint" }, t("plainDavHint")),
+      h("p", {}, h("code", { class: "secret" }, `WHITE_WEBDAV_ENDPOINTS=${base}/dav/`)),
+      h("table", { class: "settings", "data-mode": "plain-dav" },
+        row(t("syncType"), "WebDAV", false), row(t("corsProxy"), t("on"), false),
+        row(t("proxyEndpoint"), t("empty"), false), row(t("webdavEndpoint"), `${base}/dav/`),
+        row(t("userName"), session.email), row(t("password"), password))),
+    h("p", { class: "hint" }, t("pressSync")));
+}
+
+async function showAppPasswords(content) {
+  const { app_passwords: list } = await request("GET", "v1/app-passwords");
+  const error = errorLine();
+  const created = h("div", { id: "created" });
+  const passwordField = h("div", { hidden: true },
+    h("p", { class: "hint" }, t("passwordNeeded")),
+    ...field("confirm-password", t("confirmPassword"), "password", "current-password", { required: false }));
+  const form = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      error.textContent = "";
+      const data = new FormData(e.target);
+      const body = { label: data.get("label") };
+      if (!passwordField.hidden) body.password = data.get("confirm-password");
+      try {
+        const made = await request("POST", "v1/app-passwords", body);
+        await showTab("nextchat");
+        const slot = root.querySelector("#created");
+        slot.append(h("div", { class: "card" },
+          h("h2", {}, made.label),
+          h("p", { class: "hint" }, t("shownOnce")),
+          h("p", {}, h("span", { class: "secret", id: "new-app-password" }, made.password), " ", copyButton(made.password)),
+          nextchatSetup(made.password)));
+        slot.scrollIntoView({ behavior: "smooth" });
+      } catch (err) {
+        if (err.code === "password_required") {
+          passwordField.hidden = false;
+          passwordField.querySelector("input").focus();
+        } else {
+          error.textContent = err.message;
+        }
+      }
+    },
+  },
+  ...field("label", t("label"), "text", "off", { placeholder: t("labelPlaceholder"), maxlength: 100 }),
+  passwordField,
+  error,
+  h("div", { class: "row" }, h("button", { class: "primary", type: "submit" }, t("create"))));
+  content.append(
+    h("section", { class: "card" },
+      h("h1", {}, t("appPasswordsTitle")),
+      h("p", { class: "hint" }, t("appPasswordsHint")),
+      form),
+    created,
+    h("section", { class: "card" },
+      list.length === 0 ? h("p", { class: "muted" }, t("none")) : h("ul", { class: "list", id: "app-password-list" },
+        list.map((item) => h("li", {},
+          h("div", { class: "item-main" },
+            h("div", { class: "item-title" }, item.label),
+            h("div", { class: "muted" }, `${t("created")}: ${when(item.created_at)} · ${t("lastUsed")}: ${when(item.last_used_at)}`)),
+          h("button", {
+            type: "button", class: "danger", "aria-label": `${t("revoke")}: ${item.label}`,
+            onclick: async () => {
+              if (!confirm(t("confirmDelete", { name: item.label }))) return;
+              await request("DELETE", `v1/app-passwords/${item.id}`);
+              await showTab("nextchat");
+            },
+          }, t("revoke")))))));
+}
+
+async function showSettings(content) {
+  const settings = await request("GET", "v1/nextchat/settings");
+  const notice = h("p", { class: "notice", role: "status" });
+  const toggle = (key, label, hint) => {
+    const id = `setting-${key}`;
+    return h("div", { class: "switch" },
+      h("input", {
+        type: "checkbox", id, checked: settings[key],
+        onchange: async (e) => {
+          notice.textContent = "";
+          const saved = await request("PUT", "v1/nextchat/settings", { [key]: e.target.checked });
+          e.target.checked = saved[key];
+          notice.textContent = t("saved");
+        },
+      }),
+      h("div", {}, h("label", { for: id }, label), h("p", { class: "hint" }, hint)));
+  };
+  content.append(h("section", { class: "card" },
+    h("h1", {}, t("syncSettingsTitle")),
+    toggle("sync_settings", t("syncSettingsLabel"), t("syncSettingsHint")),
+    toggle("sync_secrets", t("syncSecretsLabel"), t("syncSecretsHint")),
+    notice));
+}
+
+async function showAccount(content) {
+  const changeError = errorLine();
+  const changeNotice = h("p", { class: "notice", role: "status" });
+  const change = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      changeError.textContent = "";
+      const data = new FormData(e.target);
+      try {
+        await request("POST", "v1/auth/password/change", {
+          current_password: data.get("current"), new_password: data.get("new"),
+        });
+        e.target.reset();
+        changeNotice.textContent = t("passwordChanged");
+      } catch (err) {
+        changeError.textContent = err.message;
+      }
+    },
+  },
+  h("input", { type: "email", name: "username", autocomplete: "username", value: session.email, hidden: true, readonly: true }),
+  ...field("current", t("currentPassword"), "password", "current-password"),
+  ...field("new", t("newPassword"), "password", "new-password", { minlength: 10 }),
+  changeError, changeNotice,
+  h("div", { class: "row" }, h("button", { class: "primary", type: "submit" }, t("changePassword"))));
+
+  const deleteError = errorLine();
+  const remove = h("form", {
+    onsubmit: async (e) => {
+      e.preventDefault();
+      deleteError.textContent = "";
+      const data = new FormData(e.target);
+      if (data.get("confirm-email") !== session.email) {
+        deleteError.textContent = t("deleteHint");
+        return;
+      }
+      try {
+        await request("DELETE", "v1/me", { password: data.get("delete-password") });
+        signedOut(t("deleted"));
+      } catch (err) {
+        deleteError.textContent = err.message;
+      }
+    },
+  },
+  h("p", { class: "hint" }, t("deleteHint")),
+  ...field("confirm-email", t("email"), "email", "off"),
+  ...field("delete-password", t("password"), "password", "current-password"),
+  deleteError,
+  h("div", { class: "row" }, h("button", { class: "danger", type: "submit" }, t("deleteAccount"))));
+
+  content.append(
+    h("section", { class: "card" }, h("h1", {}, t("accountTitle")), h("p", {}, session.email), h("h2", {}, t("changePassword")), change),
+    h("section", { class: "card" }, h("h2", {}, t("deleteAccount")), remove));
+}
+
+// ---------------------------------------------------------------------------------------
+// Start.
+
+async function route() {
+  const params = new URLSearchParams(location.search);
+  if (location.pathname.endsWith("/reset-password") && params.get("token")) {
+    showReset(params.get("token"));
+    return;
+  }
+  if (session.access || (await refresh())) {
+    await startApp();
+  } else {
+    showSignIn();
+  }
+}
+
+route();

@@ -1,0 +1,113 @@
+// The web app's words, in English and Simplified Chinese (NextChat's first language).
+// The browser's language picks one; the switch in the header overrides it (kept locally).
+
+const en = {
+  signIn: "Sign in", signUp: "Create account", signOut: "Sign out", email: "Email",
+  password: "Password", newPassword: "New password", currentPassword: "Current password",
+  forgot: "Forgot your password?", haveAccount: "Already have an account? Sign in",
+  noAccount: "No account yet? Create one", registrationClosed: "This server does not accept new accounts.",
+  forgotTitle: "Reset your password", forgotHint: "We will mail you a link to choose a new password.",
+  sendLink: "Send the link", linkSent: "If that address has an account, a link is on its way. It works once.",
+  resetTitle: "Choose a new password", resetDone: "Your password is changed and every device is signed out. Sign in again.",
+  backToSignIn: "Back to sign in", passwordRules: "At least 10 characters; not a common password.",
+  devices: "Devices", appPasswords: "NextChat", settings: "Sync settings", account: "Account",
+  live: "live", offline: "offline", connecting: "connecting",
+  thisDevice: "this device", created: "Signed in", lastSeen: "Last seen", revoke: "Remove",
+  confirmRevoke: "Remove “{name}”? It is signed out at once, and the app passwords made on it stop working.",
+  signOutOthers: "Sign out everywhere else", othersSignedOut: "Every other device is signed out.",
+  appPasswordsTitle: "App passwords for NextChat",
+  appPasswordsHint: "NextChat's Cloud Sync keeps a password in its settings. Give each NextChat its own app password: you can remove one without touching the others.",
+  label: "Label", labelPlaceholder: "NextChat on my laptop", create: "Create", confirmPassword: "Your account password",
+  passwordNeeded: "You signed in more than 10 minutes ago: type your account password to create an app password.",
+  shownOnce: "Copy it now: it is shown only this once.", copy: "Copy", copied: "Copied",
+  lastUsed: "Last used", never: "never", confirmDelete: "Remove the app password “{name}”? NextChat using it stops syncing.",
+  setupTitle: "Type this into NextChat: Settings → Cloud Sync",
+  proxyWebdav: "WebDAV (works from any NextChat: web, desktop app, the public demo)",
+  proxyUpstash: "UpStash (same, through NextChat's UpStash settings)",
+  plainDav: "WebDAV behind your own NextChat deployment",
+  plainDavHint: "Your NextChat server's operator allows this server once:",
+  syncType: "Sync Type", corsProxy: "Enable CORS Proxy", on: "on", proxyEndpoint: "Proxy Endpoint",
+  webdavEndpoint: "WebDAV Endpoint", userName: "User Name", upstashUrl: "UpStash Redis REST Url",
+  backupName: "Backup Name", upstashToken: "UpStash Redis REST Token", empty: "(empty)",
+  pressSync: "Then press Sync. NextChat syncs only when you press it.",
+  none: "None yet.", syncSettingsTitle: "What NextChat syncs",
+  syncSettingsLabel: "Sync NextChat's settings",
+  syncSettingsHint: "Theme, models, language and the rest of NextChat's settings follow you. Off: each device keeps its own.",
+  syncSecretsLabel: "Sync API keys",
+  syncSecretsHint: "Your provider API keys and access code travel between your devices, sealed at rest with this server's key. Off: keys stay on each device and never reach the server.",
+  saved: "Saved.", accountTitle: "Your account", changePassword: "Change password",
+  passwordChanged: "Password changed. Every other device is signed out, and every app password removed.",
+  deleteAccount: "Delete account", deleteHint: "Deletes every conversation, device and app password on this server. Type your email to confirm.",
+  deleted: "Your account is deleted.", language: "Language",
+  somethingWrong: "Something went wrong: {message}", signedOutElsewhere: "This device was signed out.",
+};
+
+const zh = {
+  signIn: "登录", signUp: "创建账号", signOut: "退出登录", email: "邮箱",
+  password: "密码", newPassword: "新密码", currentPassword: "当前密码",
+  forgot: "忘记密码？", haveAccount: "已有账号？登录", noAccount: "还没有账号？创建一个",
+  registrationClosed: "此服务器不接受新账号。",
+  forgotTitle: "重置密码", forgotHint: "我们会发送一封邮件，其中的链接可用于设置新密码。",
+  sendLink: "发送链接", linkSent: "如果该邮箱有账号，链接已在路上。链接只能使用一次。",
+  resetTitle: "设置新密码", resetDone: "密码已更改，所有设备均已退出。请重新登录。",
+  backToSignIn: "返回登录", passwordRules: "至少 10 个字符；不能是常见密码。",
+  devices: "设备", appPasswords: "NextChat", settings: "同步设置", account: "账号",
+  live: "实时", offline: "离线", connecting: "连接中",
+  thisDevice: "本设备", created: "登录于", lastSeen: "最近活动", revoke: "移除",
+  confirmRevoke: "移除“{name}”？它会立即退出，在其上创建的应用密码也会失效。",
+  signOutOthers: "退出其他所有设备", othersSignedOut: "其他设备均已退出。",
+  appPasswordsTitle: "NextChat 应用密码",
+  appPasswordsHint: "NextChat 的云同步会在设置中保存一个密码。为每个 NextChat 单独创建应用密码：移除其中一个不会影响其他。",
+  label: "名称", labelPlaceholder: "笔记本上的 NextChat", create: "创建", confirmPassword: "账号密码",
+  passwordNeeded: "你登录已超过 10 分钟：请输入账号密码以创建应用密码。",
+  shownOnce: "请立即复制：它只显示这一次。", copy: "复制", copied: "已复制",
+  lastUsed: "最近使用", never: "从未", confirmDelete: "移除应用密码“{name}”？使用它的 NextChat 将停止同步。",
+  setupTitle: "在 NextChat 中填写：设置 → 云同步",
+  proxyWebdav: "WebDAV（适用于任何 NextChat：网页版、桌面版、公共演示站）",
+  proxyUpstash: "UpStash（同上，使用 NextChat 的 UpStash 设置）",
+  plainDav: "通过你自己部署的 NextChat 使用 WebDAV",
+  plainDavHint: "你的 NextChat 服务器管理员需要允许此服务器一次：",
+  syncType: "同步类型", corsProxy: "启用代理", on: "开启", proxyEndpoint: "代理地址",
+  webdavEndpoint: "WebDAV 地址", userName: "用户名", upstashUrl: "UpStash Redis REST Url",
+  backupName: "备份名称", upstashToken: "UpStash Redis REST Token", empty: "（留空）",
+  pressSync: "然后点击同步。NextChat 只在你点击时同步。",
+  none: "暂无。", syncSettingsTitle: "NextChat 同步哪些内容",
+  syncSettingsLabel: "同步 NextChat 的设置",
+  syncSettingsHint: "主题、模型、语言等 NextChat 设置在设备间同步。关闭：每台设备保留自己的设置。",
+  syncSecretsLabel: "同步 API 密钥",
+  syncSecretsHint: "你的服务商 API 密钥和访问码在设备间同步，并使用此服务器的密钥加密存储。关闭：密钥只保存在各设备上，不会发送到服务器。",
+  saved: "已保存。", accountTitle: "你的账号", changePassword: "修改密码",
+  passwordChanged: "密码已修改。其他设备均已退出，所有应用密码已移除。",
+  deleteAccount: "删除账号", deleteHint: "删除此服务器上的所有对话、设备和应用密码。输入你的邮箱以确认。",
+  deleted: "你的账号已删除。", language: "语言",
+  somethingWrong: "出错了：{message}", signedOutElsewhere: "此设备已退出登录。",
+};
+
+const dictionaries = { en, zh };
+
+function pick() {
+  const kept = localStorage.getItem("nextsync.lang");
+  if (kept && dictionaries[kept]) return kept;
+  return (navigator.language || "en").toLowerCase().startsWith("zh") ? "zh" : "en";
+}
+
+let lang = pick();
+
+export function language() {
+  return lang;
+}
+
+export function setLanguage(next) {
+  if (!dictionaries[next]) return;
+  lang = next;
+  localStorage.setItem("nextsync.lang", next);
+  document.documentElement.lang = next === "zh" ? "zh-CN" : "en";
+}
+
+/** The text for `key`, with `{name}` placeholders filled from `values`. */
+export function t(key, values = {}) {
+  const text = dictionaries[lang][key] ?? en[key] ?? key;
+  return text.replace(/\{(\w+)\}/g, (_, name) => String(values[name] ?? ""));
+}
+
+setLanguage(lang);
