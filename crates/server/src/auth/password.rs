@@ -10,21 +10,24 @@
 //! strings built and checked here exactly as the crate's own hasher does).
 //!
 //! A thread that has waited [`IDLE_RELEASE`] without work frees its block. Kept for good,
-//! the blocks held ~76 MiB of a server that otherwise idles at ~14 MiB (issue 14). The
-//! threads wait for work in turn, so all of them have let go a few idle periods after the
-//! last sign-in; the next sign-in allocates again (a few ms).
+//! the blocks held ~76 MiB of a server that otherwise idles at ~14 MiB (issue 14); the next
+//! sign-in after a quiet spell allocates again (a few ms).
 
 use crate::error::ApiError;
 use argon2::password_hash::phc::{Output, ParamsString, PasswordHash, Salt};
 use argon2::{Algorithm, Argon2, Block, Params, Version};
 use nextsync_core::secret::Secret;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, mpsc};
 use std::time::Duration;
 use tokio::sync::{Semaphore, oneshot};
 
 /// Work for a hashing thread, given that thread's Argon2 memory.
 type Job = Box<dyn FnOnce(&mut Vec<Block>) + Send>;
+
+/// Allocations above this are always their own mapping in glibc (its dynamic mmap threshold
+/// never rises past 32 MiB on 64-bit systems).
+const MMAP_ALWAYS_BYTES: usize = 33 * 1024 * 1024;
 
 /// How long a hashing thread keeps its Argon2 memory without work.
 pub const IDLE_RELEASE: Duration = Duration::from_secs(5);
@@ -33,7 +36,7 @@ pub const IDLE_RELEASE: Duration = Duration::from_secs(5);
 pub struct Passwords {
     permits: Arc<Semaphore>,
     /// Work for the hashing threads; they stop when the last handle is dropped.
-    jobs: mpsc::Sender<Job>,
+    jobs: flume::Sender<Job>,
     /// A real hash of a random password, verified against when the account does not exist,
     /// so "no such user" costs the same time as "wrong password".
     dummy_hash: Arc<str>,
@@ -59,8 +62,9 @@ impl Passwords {
                 .map_err(|e| anyhow::anyhow!("argon2: {e}"))?
                 .to_string()
         };
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        // A channel every thread receives from (multi-consumer), so each idle thread's own
+        // wait times out and it lets go of its memory.
+        let (jobs, queue) = flume::unbounded::<Job>();
         let held = Arc::new(AtomicUsize::new(0));
         for n in 0..parallel {
             let queue = queue.clone();
@@ -74,21 +78,14 @@ impl Passwords {
                         *memory = Vec::new();
                     };
                     loop {
-                        // One job at a time per thread; the lock is held while waiting, so
-                        // idle threads take turns to wait, and each lets go of its memory
-                        // when its own wait times out.
-                        let job = queue
-                            .lock()
-                            .unwrap_or_else(PoisonError::into_inner)
-                            .recv_timeout(idle);
-                        match job {
+                        match queue.recv_timeout(idle) {
                             Ok(job) => {
                                 let before = bytes_of(&memory);
                                 job(&mut memory);
                                 held.fetch_add(bytes_of(&memory) - before, Ordering::Relaxed);
                             }
-                            Err(mpsc::RecvTimeoutError::Timeout) => release(&mut memory),
-                            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            Err(flume::RecvTimeoutError::Timeout) => release(&mut memory),
+                            Err(flume::RecvTimeoutError::Disconnected) => {
                                 release(&mut memory);
                                 return;
                             }
@@ -151,6 +148,7 @@ impl Passwords {
     }
 }
 
+/// Bytes a thread's Argon2 memory keeps resident (its touched length, not its capacity).
 fn bytes_of(memory: &[Block]) -> usize {
     std::mem::size_of_val(memory)
 }
@@ -167,6 +165,15 @@ fn argon2_into(
 ) -> argon2::Result<()> {
     let blocks = params.block_count();
     if memory.len() < blocks {
+        if memory.capacity() < blocks {
+            // Reserved beyond glibc's largest dynamic mmap threshold (32 MiB), the block is
+            // a mapping of its own, which `free` unmaps at once. At 19 MiB it would come from
+            // the thread's arena once any earlier free of that size had raised the threshold,
+            // and freeing it would give nothing back (measured: RSS stayed at +80 MiB). The
+            // capacity past `blocks` is never touched: address space, not memory.
+            let reserve = blocks.max(MMAP_ALWAYS_BYTES / size_of::<Block>());
+            *memory = Vec::with_capacity(reserve);
+        }
         memory.resize(blocks, Block::default());
     }
     argon2.hash_password_into_with_memory(password, salt, out, &mut memory[..blocks])
