@@ -190,6 +190,40 @@ async fn me_round_trips(api: &Api, session: &Session, n: usize) -> anyhow::Resul
     Ok(Latency::p50_p99(&mut samples))
 }
 
+/// What `crates/bench/node/relay.mjs` measured.
+#[derive(Debug, serde::Deserialize)]
+struct NodeRelay {
+    n: usize,
+    p50_ms: f64,
+    p90_ms: f64,
+    p99_ms: f64,
+}
+
+/// The push → socket latency a client outside the Rust stack sees (issue 16: our own client
+/// hid a 24 ms Nagle tail): Node's fetch pushes, the `ws` package reads.
+fn node_relay(
+    base_url: &str,
+    writer: &Session,
+    reader: &Session,
+    count: usize,
+    interval_ms: u64,
+) -> anyhow::Result<NodeRelay> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("node");
+    anyhow::ensure!(
+        dir.join("node_modules/ws").exists(),
+        "npm ci --prefix crates/bench/node first"
+    );
+    let output = Command::new("node")
+        .arg(dir.join("relay.mjs"))
+        .args([base_url, &writer.access, &reader.access])
+        .arg(count.to_string())
+        .arg(interval_ms.to_string())
+        .stderr(Stdio::inherit())
+        .output()?;
+    anyhow::ensure!(output.status.success(), "relay.mjs failed");
+    Ok(serde_json::from_slice(&output.stdout)?)
+}
+
 pub async fn bench_realtime(
     sockets: usize,
     writes_per_sec: u64,
@@ -239,6 +273,13 @@ pub async fn bench_realtime(
     println!(
         "| push → other device's socket, one instance ({store_name}), 1,000 sequential writes | {p50:.2} ms | {p99:.2} ms |"
     );
+    match node_relay(&server.base_url, &laptop, &phone, 1000, 20) {
+        Ok(node) => println!(
+            "| push → other device's socket, one instance ({store_name}), Node client (fetch + `ws`), a write every 20 ms, {} writes | {:.2} ms (p90 {:.2}) | {:.2} ms |",
+            node.n, node.p50_ms, node.p90_ms, node.p99_ms
+        ),
+        Err(e) => println!("| Node client | not run: {e} | |"),
+    }
 
     match TestDb::postgres_if_reachable().await.ok() {
         Some(db) => {
