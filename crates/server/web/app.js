@@ -148,6 +148,7 @@ function connectSocket() {
     const frame = JSON.parse(event.data);
     if (frame.type === "welcome") setLive("live");
     if (frame.cursor) session.cursor = frame.cursor;
+    if (frame.type === "changes") changesArrived(frame);
     if (frame.type === "error" && (frame.code === "token_revoked" || frame.code === "account_disabled")) {
       signedOut(t("signedOutElsewhere"));
     }
@@ -324,6 +325,7 @@ function showReset(token) {
 // Signed in.
 
 const TABS = [
+  ["conflicts", "conflicts", showConflicts],
   ["devices", "devices", showDevices],
   ["nextchat", "appPasswords", showAppPasswords],
   ["settings", "settings", showSettings],
@@ -338,9 +340,17 @@ async function startApp() {
   await showTab(TABS.some(([id]) => id === tab) ? tab : "devices");
 }
 
+/** Called with each `changes` frame of the live feed: the open tab may redraw. */
+let onChanges = null;
+
+function changesArrived(frame) {
+  if (onChanges) onChanges(frame);
+}
+
 async function showTab(id) {
   const [, label, render] = TABS.find(([tab]) => tab === id);
   if (location.hash !== `#${id}`) history.replaceState(null, "", `#${id}`);
+  onChanges = null;
   const content = h("main", { id: "content" });
   show(
     h("header", { class: "top" },
@@ -370,6 +380,149 @@ async function signOut() {
     // Signed out already.
   }
   signedOut();
+}
+
+// ---------------------------------------------------------------------------------------
+// Conflicts: values that lost a race, beside the ones that won.
+
+/** Words and the spaces between them, for a readable diff. */
+function words(text) {
+  return text.match(/\s+|[^\s]+/g) ?? [];
+}
+
+/**
+ * Marks the words of `text` that `other` lacks (a longest-common-subsequence diff over
+ * words). Long texts are shown without marks rather than spending seconds on them.
+ */
+function diffed(text, other, mark) {
+  const a = words(text);
+  const b = words(other);
+  if (a.length * b.length > 4_000_000) return [text];
+  const lcs = Array.from({ length: a.length + 1 }, () => new Uint32Array(b.length + 1));
+  for (let i = a.length - 1; i >= 0; i--) {
+    for (let j = b.length - 1; j >= 0; j--) {
+      lcs[i][j] = a[i] === b[j] ? lcs[i + 1][j + 1] + 1 : Math.max(lcs[i + 1][j], lcs[i][j + 1]);
+    }
+  }
+  const out = [];
+  let i = 0;
+  let j = 0;
+  while (i < a.length) {
+    if (j < b.length && a[i] === b[j]) {
+      out.push(a[i]);
+      i++;
+      j++;
+    } else if (j < b.length && lcs[i][j + 1] >= lcs[i + 1][j]) {
+      j++;
+    } else {
+      out.push(/^\s+$/.test(a[i]) ? a[i] : h("mark", { class: mark }, a[i]));
+      i++;
+    }
+  }
+  return out;
+}
+
+function sideView(side, other, mark) {
+  if (side.deleted) return h("p", { class: "muted" }, t("deletedValue"));
+  if (typeof side.value === "string" && typeof other.value === "string") {
+    return h("p", { class: "value" }, diffed(side.value, other.value, mark));
+  }
+  return h("pre", { class: "value" }, JSON.stringify(side.value, null, 2));
+}
+
+/** A human name for a record: a session's topic, a message's excerpt and its session's. */
+async function describe(collection, id) {
+  const excerpt = (text) => (text.length > 80 ? `${text.slice(0, 80)}…` : text);
+  try {
+    const record = await request("GET", `v1/records/${encodeURIComponent(collection)}/${encodeURIComponent(id)}`);
+    const fields = record.fields ?? {};
+    if (collection === "sessions" && typeof fields.topic === "string") return fields.topic;
+    if (collection === "messages") {
+      let title = "";
+      if (typeof fields.session_id === "string") {
+        const owner = await request("GET", `v1/records/sessions/${encodeURIComponent(fields.session_id)}`).catch(() => null);
+        if (typeof owner?.fields?.topic === "string") title = `${owner.fields.topic} · `;
+      }
+      return `${title}${typeof fields.content === "string" ? excerpt(fields.content) : id}`;
+    }
+    if (typeof fields.title === "string") return fields.title;
+    if (typeof fields.name === "string") return fields.name;
+  } catch {
+    // A record that is gone is named by its id.
+  }
+  return `${collection} / ${id}`;
+}
+
+async function showConflicts(content) {
+  const { conflicts } = await request("GET", "v1/conflicts");
+  const groups = new Map();
+  for (const conflict of conflicts) {
+    const key = `${conflict.collection}\u0000${conflict.id}`;
+    if (!groups.has(key)) groups.set(key, []);
+    groups.get(key).push(conflict);
+  }
+  const section = h("section", { class: "card" },
+    h("h1", {}, t("conflicts")),
+    h("p", { class: "hint" }, t("conflictsHint")));
+  content.append(section);
+  if (groups.size === 0) section.append(h("p", { class: "muted", id: "no-conflicts" }, t("noConflicts")));
+  for (const list of groups.values()) {
+    const { collection, id } = list[0];
+    const group = h("div", { class: "conflict-group" }, h("h2", {}, await describe(collection, id)));
+    for (const conflict of list) group.append(conflictView(conflict));
+    section.append(group);
+  }
+  // Another device resolving, or a new conflict, shows here at once.
+  onChanges = () => {
+    clearTimeout(session.conflictRedraw);
+    session.conflictRedraw = setTimeout(() => {
+      if (location.hash === "#conflicts") showTab("conflicts");
+    }, 200);
+  };
+}
+
+function conflictView(conflict) {
+  const error = errorLine();
+  const resolve = async (body) => {
+    error.textContent = "";
+    try {
+      await request("POST", `v1/conflicts/${conflict.conflict_id}/resolve`, body);
+      await showTab("conflicts");
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  };
+  const initial = typeof conflict.kept.value === "string"
+    ? conflict.kept.value : JSON.stringify(conflict.kept.value, null, 2);
+  const editor = h("div", { hidden: true },
+    h("label", { for: `edit-${conflict.conflict_id}` }, t("yourValue")),
+    h("textarea", { id: `edit-${conflict.conflict_id}`, rows: 5 }, initial),
+    h("div", { class: "row" }, h("button", {
+      type: "button", class: "primary",
+      onclick: () => {
+        const text = editor.querySelector("textarea").value;
+        let value = text;
+        if (typeof conflict.kept.value !== "string") {
+          try {
+            value = JSON.parse(text);
+          } catch {
+            error.textContent = t("notJson");
+            return;
+          }
+        }
+        resolve({ value });
+      },
+    }, t("save"))));
+  return h("article", { class: "conflict", "data-conflict": conflict.conflict_id },
+    h("div", { class: "muted" }, `${t("field")}: ${conflict.field} · ${when(conflict.created_at)}`),
+    h("div", { class: "sides" },
+      h("div", { class: "side kept" }, h("h3", {}, t("keptSide")), sideView(conflict.kept, conflict.lost, "only-kept")),
+      h("div", { class: "side lost" }, h("h3", {}, t("lostSide")), sideView(conflict.lost, conflict.kept, "only-lost"))),
+    h("div", { class: "row" },
+      h("button", { type: "button", "data-action": "keep", onclick: () => resolve({ choose: "kept" }) }, t("keep")),
+      h("button", { type: "button", "data-action": "take-other", onclick: () => resolve({ choose: "lost" }) }, t("takeOther")),
+      h("button", { type: "button", "data-action": "edit", onclick: () => { editor.hidden = false; editor.querySelector("textarea").focus(); } }, t("edit"))),
+    editor, error);
 }
 
 async function showDevices(content) {

@@ -40,6 +40,10 @@ const en = {
   deleteAccount: "Delete account", deleteHint: "Deletes every conversation, device and app password on this server. Type your email to confirm.",
   deleted: "Your account is deleted.", language: "Language",
   somethingWrong: "Something went wrong: {message}", signedOutElsewhere: "This device was signed out.",
+  conflicts: "Conflicts", conflictsHint: "When two devices changed the same thing before seeing each other's change, the later one won everywhere and the other is kept here. Nothing you typed is lost: keep the winner, take the other, or write what it should be.",
+  noConflicts: "No conflicts. Every device agrees.", keptSide: "On every device now", lostSide: "Lost the race",
+  keep: "Keep", takeOther: "Take the other", edit: "Edit", save: "Save", yourValue: "Your value",
+  field: "Field", deletedValue: "(deleted)", notJson: "This value must be JSON.",
 };
 
 const zh = {
@@ -81,6 +85,10 @@ const zh = {
   deleteAccount: "删除账号", deleteHint: "删除此服务器上的所有对话、设备和应用密码。输入你的邮箱以确认。",
   deleted: "你的账号已删除。", language: "语言",
   somethingWrong: "出错了：{message}", signedOutElsewhere: "此设备已退出登录。",
+  conflicts: "冲突", conflictsHint: "当两台设备在看到对方的修改之前改了同一处内容时，较晚的修改在所有设备上生效，另一个保存在这里。你输入的内容不会丢失：保留当前值、采用另一个，或写下正确的内容。",
+  noConflicts: "没有冲突。所有设备一致。", keptSide: "当前所有设备上的值", lostSide: "被覆盖的值",
+  keep: "保留", takeOther: "采用另一个", edit: "编辑", save: "保存", yourValue: "你的内容",
+  field: "字段", deletedValue: "（已删除）", notJson: "此值必须是 JSON。",
 };
 
 const dictionaries = { en, zh };

@@ -138,6 +138,40 @@ await step("sync settings switch, and the account page", async () => {
   await shoot(laptop, "account");
 });
 
+await step("a conflict made through the API appears live and is resolved in the page", async () => {
+  await laptop.click("button[data-tab=conflicts]");
+  await laptop.waitForSelector("#no-conflicts");
+  const login = async (name) => {
+    const response = await fetch(`${BASE}/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" },
+      body: JSON.stringify({ email: EMAIL, password: PASSWORD, device_name: name }) });
+    assert.ok(response.ok, `login: ${response.status}`);
+    return (await response.json()).access_token;
+  };
+  const [tablet, desktop] = [await login("tablet"), await login("desktop")];
+  const push = async (token, text, counter, node, baseSeq) => {
+    const hlc = `${String(Date.now()).padStart(15, "0")}-${String(counter).padStart(5, "0")}-${node}`;
+    const mutation = { mutation_id: `${node}-${counter}`, collection: "sessions", id: "trip", op: "upsert",
+      fields: { topic: "Trip planning", memoryPrompt: text }, hlc };
+    if (baseSeq !== undefined) mutation.base_seq = baseSeq;
+    const response = await fetch(`${BASE}/v1/sync/push`, { method: "POST",
+      headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+      body: JSON.stringify({ mutations: [mutation] }) });
+    assert.ok(response.ok, `push: ${response.status}`);
+  };
+  // Both edit the same field without having seen each other's write: the later stamp wins.
+  await push(tablet, "We meet on Monday at ten in the lobby", 0, "tablet", 0);
+  await push(desktop, "We meet on Tuesday at ten in the lobby", 1, "desktop", 0);
+  await laptop.waitForSelector("article.conflict", { timeout: 3000 });
+  assert.match(await laptop.textContent(".conflict-group h2"), /Trip planning/);
+  assert.equal((await laptop.textContent(".side.kept mark")).trim(), "Tuesday");
+  assert.equal((await laptop.textContent(".side.lost mark")).trim(), "Monday");
+  await shoot(laptop, "conflicts");
+  await laptop.click("button[data-action=take-other]");
+  await laptop.waitForSelector("#no-conflicts");
+  const record = await (await fetch(`${BASE}/v1/records/sessions/trip`, { headers: { authorization: `Bearer ${tablet}` } })).json();
+  assert.equal(record.fields.memoryPrompt, "We meet on Monday at ten in the lobby");
+});
+
 await step("Simplified Chinese", async () => {
   await laptop.selectOption("header select", "zh");
   await laptop.waitForSelector("button[data-tab=devices]:has-text('设备')");
