@@ -270,19 +270,26 @@ async fn users_never_see_each_others_records(db: TestDb) {
         )
         .await
         .expect("apply");
+    // Had bob's write met ann's record, it would conflict with it: it has seen nothing
+    // (`base_seq` 0) and loses on stamp. It must land alone in bob's space instead.
     let bob_push = store
         .apply(
             bob,
-            vec![upsert("m1", "r1", 900, json!({"t": "bob"}))],
+            vec![Mutation {
+                base_seq: Some(Seq(0)),
+                ..upsert("m1", "r1", 900, json!({"t": "bob"}))
+            }],
             Timestamp::now(),
             None,
         )
-        .await;
+        .await
+        .expect("apply");
     assert_eq!(
-        bob_push.expect("apply").results[0].status,
+        bob_push.results[0].status,
         MutationStatus::Applied,
         "mutation ids are per user"
     );
+    assert!(bob_push.conflicts.is_empty(), "{:?}", bob_push.conflicts);
     let key = RecordKey {
         collection: "messages".into(),
         id: "r1".into(),
@@ -312,6 +319,7 @@ async fn users_never_see_each_others_records(db: TestDb) {
     assert_eq!((ann_feed.records.len(), bob_feed.records.len()), (1, 1));
     assert_ne!(ann_feed.epoch, bob_feed.epoch);
     assert!(store.conflicts(bob).await.expect("list").is_empty());
+    assert!(store.conflicts(ann).await.expect("list").is_empty());
 }
 
 /// Writers commit concurrently while a reader pulls from its cursor; every record is written
