@@ -697,7 +697,7 @@ async fn compressed_pushes_are_accepted_and_the_bus_hears_commits(db: TestDb) {
 }
 
 async fn a_long_poll_answers_at_once_wakes_on_a_change_and_times_out_empty(db: TestDb) {
-    let (_server, api) = start(&db).await;
+    let (server, api) = start(&db).await;
     let laptop = api.register("ann@example.org").await;
     let phone = api.login("ann@example.org", nextsync_testkit::PASSWORD).await;
     let bob = api.register("bob@example.org").await;
@@ -757,7 +757,24 @@ async fn a_long_poll_answers_at_once_wakes_on_a_change_and_times_out_empty(db: T
     writer.await.expect("writer");
     let cursor = body["cursor"].as_str().expect("cursor").to_owned();
 
-    // Another account's write does not wake it; the deadline answers empty with the same cursor.
+    // Another account's write is not even announced to this account's listeners (the bus
+    // keeps a channel per account), so it cannot wake the long-poll below.
+    let ann: nextsync_core::ids::UserId = laptop.user_id.parse().expect("user id");
+    let mut ann_notices = server.state.bus.subscribe(ann);
+    push(
+        &api,
+        &bob,
+        vec![upsert("w", "r8", &stamp(t, 2, "bob"), json!({"v": 8}), None)],
+    )
+    .await;
+    assert!(
+        matches!(
+            ann_notices.try_recv(),
+            Err(tokio::sync::broadcast::error::TryRecvError::Empty)
+        ),
+        "bob's commit was announced to ann's listeners"
+    );
+    // Nor does it reach this account's feed: the deadline answers empty with the same cursor.
     let other = {
         let (api, bob) = (api.clone(), bob.clone());
         tokio::spawn(async move {
@@ -787,4 +804,13 @@ async fn a_long_poll_answers_at_once_wakes_on_a_change_and_times_out_empty(db: T
         (status, error_code(&body)),
         (StatusCode::BAD_REQUEST, "invalid_wait")
     );
+    // The control for the bus check above: ann's own commit is announced to her listeners.
+    while ann_notices.try_recv().is_ok() {}
+    push(
+        &api,
+        &laptop,
+        vec![upsert("z", "r10", &stamp(t, 4, "laptop"), json!({"v": 10}), None)],
+    )
+    .await;
+    assert!(ann_notices.try_recv().is_ok(), "ann's commit was not announced");
 }
