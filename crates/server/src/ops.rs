@@ -24,9 +24,19 @@ async fn healthz() -> Json<Value> {
     Json(json!({ "status": "ok" }))
 }
 
+/// Ready when the store answers. `fanout` says whether other instances' changes arrive live
+/// (`live`), or only by re-reading the store every few seconds while Redis is away
+/// (`degraded`): the instance keeps serving either way.
 async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     state.store.ping().await?;
-    Ok(Json(json!({ "status": "ready", "store": state.store.backend() })))
+    let fanout = if state.bus.is_healthy() {
+        "live"
+    } else {
+        "degraded"
+    };
+    Ok(Json(
+        json!({ "status": "ready", "store": state.store.backend(), "fanout": fanout }),
+    ))
 }
 
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
