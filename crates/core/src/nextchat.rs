@@ -745,8 +745,8 @@ pub fn render(
     secrets: Vec<(SecretPath, Value)>,
 ) -> Result<Rendered, CorruptRecord> {
     let mut sessions: Vec<(f64, &str, RawFields<'_>)> = Vec::new();
-    // Per session: (position, seq, fields).
-    let mut messages: HashMap<String, Vec<(f64, Seq, RawFields<'_>)>> = HashMap::new();
+    // Per session: (position, seq, record id, fields).
+    let mut messages: HashMap<String, Vec<(f64, Seq, &str, RawFields<'_>)>> = HashMap::new();
     let mut masks: Vec<(&str, RawFields<'_>)> = Vec::new();
     let mut prompts: Vec<(&str, RawFields<'_>)> = Vec::new();
     let mut app_config = Map::new();
@@ -789,7 +789,7 @@ pub fn render(
                     messages
                         .entry(session)
                         .or_default()
-                        .push((position, raw.seq, fields));
+                        .push((position, raw.seq, &key.id, fields));
                 }
             }
             MASKS => masks.push((&key.id, fields)),
@@ -852,19 +852,33 @@ pub fn render(
             out.push(b',');
         }
         out.push(b'{');
+        // A session written through the API may lack NextChat's `id` field: its record id is.
+        if !fields.iter().any(|(name, _)| name == "id") {
+            out.extend_from_slice(br#""id":"#);
+            write_json(&mut out, id);
+            if !fields.is_empty() {
+                out.push(b',');
+            }
+        }
         write_fields(&mut out, fields);
-        out.extend_from_slice(if fields.is_empty() {
-            br#""messages":["#
-        } else {
-            br#","messages":["#
-        });
+        out.extend_from_slice(br#","messages":["#);
         let mut list = messages.remove(*id).unwrap_or_default();
         list.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-        for (j, (_, _, message)) in list.iter().enumerate() {
+        for (j, (_, _, message_id, message)) in list.iter().enumerate() {
             if j > 0 {
                 out.push(b',');
             }
-            write_object(&mut out, message);
+            if message.iter().any(|(name, _)| name == "id") {
+                write_object(&mut out, message);
+            } else {
+                out.extend_from_slice(br#"{"id":"#);
+                write_json(&mut out, message_id);
+                if !message.is_empty() {
+                    out.push(b',');
+                }
+                write_fields(&mut out, message);
+                out.push(b'}');
+            }
         }
         out.extend_from_slice(b"]}");
     }
@@ -1330,6 +1344,37 @@ mod tests {
         );
         stored_empty.records.retain(|k, _| k.collection != MESSAGES);
         assert!(session_ids(&stored_empty).is_empty());
+    }
+
+    #[test]
+    fn records_written_through_the_api_render_with_their_ids_and_import_again() {
+        // A session and a message made through the records API carry no `id` field.
+        let mut current = Current::default();
+        let mut now = 0;
+        for (collection, id, fields) in [
+            (SESSIONS, "trip", json!({"topic": "Trip planning"})),
+            (
+                MESSAGES,
+                "m9",
+                json!({"session_id": "trip", "role": "user", "content": "hi"}),
+            ),
+        ] {
+            let plan = UploadPlan {
+                writes: vec![EntityWrite {
+                    key: key(collection, id),
+                    fields: fields.as_object().cloned().expect("object"),
+                    expect: None,
+                }],
+                ..UploadPlan::default()
+            };
+            apply(&mut current, &plan, &mut now);
+        }
+        let state = rendered(&current, RenderOptions::default()).state;
+        let session = &state[CHAT_STORE]["sessions"][0];
+        assert_eq!(session["id"], "trip");
+        assert_eq!(session["messages"][0]["id"], "m9");
+        let backup = Backup::from_value(state).expect("an export imports again");
+        assert_eq!(backup.sessions[0].id, "trip");
     }
 
     #[test]
