@@ -329,6 +329,7 @@ const TABS = [
   ["devices", "devices", showDevices],
   ["nextchat", "appPasswords", showAppPasswords],
   ["settings", "settings", showSettings],
+  ["backups", "backups", showBackups],
   ["account", "account", showAccount],
 ];
 
@@ -680,6 +681,101 @@ async function showSettings(content) {
     toggle("sync_settings", t("syncSettingsLabel"), t("syncSettingsHint")),
     toggle("sync_secrets", t("syncSecretsLabel"), t("syncSecretsHint")),
     notice));
+}
+
+// ---------------------------------------------------------------------------------------
+// Backups: the last NextChat uploads, export and import.
+
+function size(bytes) {
+  return bytes >= 1_000_000 ? `${(bytes / 1_000_000).toFixed(1)} MB` : `${Math.max(1, Math.round(bytes / 1000))} KB`;
+}
+
+function summary(merged) {
+  return t("mergeSummary", { created: merged.created, edited: merged.edited });
+}
+
+async function showBackups(content) {
+  const { snapshots } = await request("GET", "v1/nextchat/snapshots");
+  const notice = h("p", { class: "notice", role: "status", id: "backup-notice" });
+  const error = errorLine();
+  content.append(h("section", { class: "card" },
+    h("h1", {}, t("snapshotsTitle")),
+    h("p", { class: "hint" }, t("snapshotsHint")),
+    snapshots.length === 0 ? h("p", { class: "muted" }, t("none")) : h("ul", { class: "list", id: "snapshot-list" },
+      snapshots.map((snap) => h("li", {},
+        h("div", { class: "item-main" },
+          h("div", { class: "item-title" }, when(snap.created_at)),
+          h("div", { class: "muted" }, t("snapshotLine", {
+            source: snap.source, sessions: snap.sessions, messages: snap.messages, size: size(snap.bytes),
+          }))),
+        h("button", {
+          type: "button", "data-action": "restore",
+          onclick: async () => {
+            if (!confirm(t("confirmRestore", { sessions: snap.sessions, messages: snap.messages, when: when(snap.created_at) }))) return;
+            error.textContent = "";
+            try {
+              const merged = await request("POST", `v1/nextchat/snapshots/${snap.snapshot_id}/restore`, {});
+              notice.textContent = summary(merged);
+            } catch (err) {
+              error.textContent = err.message;
+            }
+          },
+        }, t("restore"))))),
+    notice, error));
+
+  const progress = h("progress", { max: 100, value: 0, hidden: true, id: "import-progress" });
+  const importNotice = h("p", { class: "notice", role: "status", id: "import-notice" });
+  const importError = errorLine();
+  const file = h("input", { type: "file", id: "import-file", accept: "application/json,.json" });
+  content.append(h("section", { class: "card" },
+    h("h2", {}, t("exportTitle")),
+    h("p", { class: "hint" }, t("exportHint")),
+    h("div", { class: "row" }, h("button", {
+      type: "button", id: "export",
+      onclick: async () => {
+        const response = await fetch(new URL("v1/export?format=nextchat", BASE), {
+          headers: { authorization: `Bearer ${session.access}` },
+        });
+        if (!response.ok) return;
+        const link = h("a", { href: URL.createObjectURL(await response.blob()), download: "nextsync-nextchat-backup.json" });
+        document.body.append(link);
+        link.click();
+        link.remove();
+      },
+    }, t("export"))),
+    h("h2", {}, t("importTitle")),
+    h("p", { class: "hint" }, t("importHint")),
+    h("label", { for: "import-file" }, t("importFile")),
+    file,
+    progress,
+    h("div", { class: "row" }, h("button", {
+      type: "button", id: "import",
+      onclick: () => {
+        importNotice.textContent = "";
+        importError.textContent = "";
+        const chosen = file.files[0];
+        if (!chosen) return;
+        // XMLHttpRequest, for its upload progress events.
+        const xhr = new XMLHttpRequest();
+        xhr.open("POST", new URL("v1/import?format=nextchat", BASE));
+        xhr.setRequestHeader("authorization", `Bearer ${session.access}`);
+        xhr.setRequestHeader("content-type", "application/json");
+        progress.hidden = false;
+        progress.value = 0;
+        xhr.upload.onprogress = (e) => {
+          if (e.lengthComputable) progress.value = Math.round((e.loaded / e.total) * 100);
+        };
+        xhr.onload = () => {
+          progress.value = 100;
+          const data = xhr.responseText ? JSON.parse(xhr.responseText) : null;
+          if (xhr.status === 200) importNotice.textContent = summary(data);
+          else importError.textContent = data?.error?.message ?? xhr.statusText;
+        };
+        xhr.onerror = () => { importError.textContent = t("offline"); };
+        xhr.send(chosen);
+      },
+    }, t("import"))),
+    importNotice, importError));
 }
 
 async function showAccount(content) {

@@ -44,6 +44,14 @@ const en = {
   noConflicts: "No conflicts. Every device agrees.", keptSide: "On every device now", lostSide: "Lost the race",
   keep: "Keep", takeOther: "Take the other", edit: "Edit", save: "Save", yourValue: "Your value",
   field: "Field", deletedValue: "(deleted)", notJson: "This value must be JSON.",
+  backups: "Backups", snapshotsTitle: "NextChat's last uploads",
+  snapshotsHint: "nextsync keeps the last 20 states NextChat uploaded. Restoring one merges it back: whatever it holds that is missing now comes back, including what was deleted since. Nothing is removed.",
+  snapshotLine: "from {source} · {sessions} conversations, {messages} messages · {size}",
+  restore: "Restore", confirmRestore: "Bring back the {sessions} conversations and {messages} messages of {when}? Whatever is missing now (deleted ones too) comes back on every device; nothing is removed.",
+  mergeSummary: "Done: {created} added, {edited} changed.",
+  exportTitle: "Export", exportHint: "A NextChat backup file of everything here (never your API keys). NextChat's Settings → Import reads it.",
+  export: "Download the backup", importTitle: "Import", importHint: "Merge a NextChat backup file (its Export) into this account. Nothing here is removed.",
+  importFile: "Backup file", import: "Import",
 };
 
 const zh = {
@@ -89,6 +97,14 @@ const zh = {
   noConflicts: "没有冲突。所有设备一致。", keptSide: "当前所有设备上的值", lostSide: "被覆盖的值",
   keep: "保留", takeOther: "采用另一个", edit: "编辑", save: "保存", yourValue: "你的内容",
   field: "字段", deletedValue: "（已删除）", notJson: "此值必须是 JSON。",
+  backups: "备份", snapshotsTitle: "NextChat 最近的上传",
+  snapshotsHint: "nextsync 保留 NextChat 最近上传的 20 个状态。恢复其中一个会将其合并回来：其中有而现在缺少的内容（包括之后删除的）都会回来。不会删除任何内容。",
+  snapshotLine: "来自 {source} · {sessions} 个对话，{messages} 条消息 · {size}",
+  restore: "恢复", confirmRestore: "恢复 {when} 的 {sessions} 个对话和 {messages} 条消息？现在缺少的内容（包括已删除的）会回到所有设备；不会删除任何内容。",
+  mergeSummary: "完成：新增 {created} 项，修改 {edited} 项。",
+  exportTitle: "导出", exportHint: "包含这里所有内容的 NextChat 备份文件（不含你的 API 密钥）。NextChat 的 设置 → 导入 可以读取。",
+  export: "下载备份", importTitle: "导入", importHint: "将 NextChat 备份文件（其导出）合并到此账号。不会删除这里的任何内容。",
+  importFile: "备份文件", import: "导入",
 };
 
 const dictionaries = { en, zh };

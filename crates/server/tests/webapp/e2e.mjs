@@ -172,6 +172,46 @@ await step("a conflict made through the API appears live and is resolved in the 
   assert.equal(record.fields.memoryPrompt, "We meet on Monday at ten in the lobby");
 });
 
+await step("backups: restore brings back a deleted conversation; export and import round-trip", async () => {
+  const login = await fetch(`${BASE}/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: EMAIL, password: PASSWORD, device_name: "script" }) });
+  const token = (await login.json()).access_token;
+  const api = (method, path, body) => fetch(`${BASE}${path}`, { method,
+    headers: { authorization: `Bearer ${token}`, ...(body ? { "content-type": "application/json" } : {}) },
+    body: body ? JSON.stringify(body) : undefined });
+  assert.equal((await api("DELETE", "/v1/records/sessions/s1")).status, 200);
+  await laptop.click("button[data-tab=backups]");
+  await laptop.waitForSelector("#snapshot-list li");
+  assert.match(await laptop.textContent("#snapshot-list"), /1 conversations, 1 messages/);
+  await shoot(laptop, "backups");
+  laptop.once("dialog", (dialog) => {
+    assert.match(dialog.message(), /1 conversations and 1 messages/);
+    dialog.accept();
+  });
+  await laptop.click("#snapshot-list button[data-action=restore]");
+  await laptop.waitForSelector("#backup-notice:has-text('Done')");
+  const restored = await (await api("GET", "/v1/records/sessions/s1")).json();
+  assert.equal(restored.fields.topic, "Hello from the web test");
+
+  const [download] = await Promise.all([laptop.waitForEvent("download"), laptop.click("#export")]);
+  const exported = JSON.parse(fs.readFileSync(await download.path(), "utf8"));
+  assert.equal(exported["chat-next-web-store"].sessions.find((s) => s.id === "s1")?.topic, "Hello from the web test");
+
+  const file = path.join(shots, "import.json");
+  exported["chat-next-web-store"].sessions.push({ id: "imported", topic: "From a backup file",
+    messages: [{ id: "im1", role: "user", content: "restored from a file" }] });
+  fs.writeFileSync(file, JSON.stringify(exported));
+  await laptop.setInputFiles("#import-file", file);
+  await laptop.click("#import");
+  await laptop.waitForSelector("#import-notice:has-text('Done')", { timeout: 5000 }).catch(async (e) => {
+    console.log("import error:", await laptop.textContent("#content"));
+    throw e;
+  });
+  assert.equal(await laptop.getAttribute("#import-progress", "value"), "100");
+  const imported = await (await api("GET", "/v1/records/sessions/imported")).json();
+  assert.equal(imported.fields.topic, "From a backup file");
+});
+
 await step("Simplified Chinese", async () => {
   await laptop.selectOption("header select", "zh");
   await laptop.waitForSelector("button[data-tab=devices]:has-text('设备')");
