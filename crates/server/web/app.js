@@ -78,10 +78,11 @@ async function request(method, path, body, { auth = true, retry = true } = {}) {
   const data = text ? JSON.parse(text) : null;
   if (response.ok) return data;
   const code = data?.error?.code ?? "http_error";
-  if (auth && retry && response.status === 401 && (await refresh())) {
-    return request(method, path, body, { auth, retry: false });
+  if (auth && retry && response.status === 401) {
+    const renewed = await refresh();
+    if (renewed) return request(method, path, body, { auth, retry: false });
+    if (renewed === false) signedOut(t("signedOutElsewhere"));
   }
-  if (auth && response.status === 401) signedOut(t("signedOutElsewhere"));
   throw new ApiError(response.status, code, data?.error?.message ?? response.statusText);
 }
 
@@ -94,7 +95,9 @@ function signedIn(tokens) {
   // Renew a minute before expiry (never sooner than in ten seconds).
   const renewIn = Math.max(10_000, tokens.expires_in * 1000 - 60_000);
   session.refreshTimer = setTimeout(async () => {
-    if (await refresh()) sendOnSocket({ type: "auth", access_token: session.access });
+    const renewed = await refresh();
+    if (renewed) sendOnSocket({ type: "auth", access_token: session.access });
+    else if (renewed === false) signedOut(t("signedOutElsewhere"));
   }, renewIn);
 }
 
@@ -104,6 +107,7 @@ function signedIn(tokens) {
  * previous refresh left behind instead of reusing one (which would sign the device out).
  */
 async function refresh() {
+  // true: renewed; false: refused (this device is signed out); null: the server is unreachable.
   const run = async () => {
     try {
       const response = await fetch(new URL("v1/auth/refresh", BASE), {
@@ -112,11 +116,12 @@ async function refresh() {
         body: "{}",
         credentials: "same-origin",
       });
+      if (response.status >= 500) return null;
       if (!response.ok) return false;
       signedIn(await response.json());
       return true;
     } catch {
-      return false;
+      return null;
     }
   };
   return navigator.locks ? navigator.locks.request("nextsync-refresh", run) : run();
@@ -132,39 +137,107 @@ function deviceName() {
 }
 
 // ---------------------------------------------------------------------------------------
-// The live feed: the socket tells this tab at once when its device is signed out.
+// The live feed. A WebSocket from the tab's cursor; where one cannot be opened (a proxy that
+// refuses upgrades), long-polls of the pull endpoint instead, trying the socket again now
+// and then. Both resume from the cursor, and records are kept by id, so the page shows each
+// change once whatever path brought it. The socket also says at once when this device was
+// signed out.
+
+const feed = { failures: 0, polling: false, retryTimer: null };
+/** Every record seen, by `collection/id`, at its latest state. */
+const records = new Map();
+
+function applyChanges(changes) {
+  for (const change of changes) {
+    const key = `${change.collection}/${change.id}`;
+    if (change.deleted) records.delete(key);
+    else records.set(key, change);
+  }
+  changesArrived(changes);
+}
 
 function connectSocket() {
-  if (!session.access) return;
+  if (!session.access || session.socket) return;
   const url = new URL("v1/sync/ws", BASE);
   url.protocol = url.protocol === "https:" ? "wss:" : "ws:";
-  const socket = new WebSocket(url);
+  let socket;
+  try {
+    socket = new WebSocket(url);
+  } catch {
+    feed.failures++;
+    scheduleReconnect();
+    return;
+  }
   session.socket = socket;
-  setLive("connecting");
+  let welcomed = false;
+  if (!feed.polling) setLive("connecting");
   socket.addEventListener("open", () => {
     socket.send(JSON.stringify({ type: "hello", access_token: session.access, cursor: session.cursor ?? null }));
   });
   socket.addEventListener("message", (event) => {
     const frame = JSON.parse(event.data);
-    if (frame.type === "welcome") setLive("live");
+    if (frame.type === "welcome") {
+      welcomed = true;
+      feed.failures = 0;
+      feed.polling = false;
+      setLive("live");
+    }
     if (frame.cursor) session.cursor = frame.cursor;
-    if (frame.type === "changes") changesArrived(frame);
+    if (frame.type === "changes") applyChanges(frame.changes);
     if (frame.type === "error" && (frame.code === "token_revoked" || frame.code === "account_disabled")) {
       signedOut(t("signedOutElsewhere"));
     }
   });
-  socket.addEventListener("close", async () => {
+  socket.addEventListener("close", () => {
     if (session.socket !== socket) return;
     session.socket = null;
-    setLive("offline");
     if (!session.access) return;
-    // Still signed in? A refused refresh means this device was signed out.
-    setTimeout(async () => {
-      if (!session.access || session.socket) return;
-      if (await refresh()) connectSocket();
-      else signedOut(t("signedOutElsewhere"));
-    }, 1000);
+    if (!welcomed) feed.failures++;
+    if (!feed.polling) setLive("offline");
+    scheduleReconnect();
   });
+}
+
+function scheduleReconnect() {
+  clearTimeout(feed.retryTimer);
+  const delay = feed.polling ? 30_000 : Math.min(500 * 2 ** feed.failures, 10_000);
+  feed.retryTimer = setTimeout(async () => {
+    if (!session.access || session.socket) return;
+    // Still signed in? A refused refresh means this device was signed out.
+    const renewed = await refresh();
+    if (renewed === false) {
+      signedOut(t("signedOutElsewhere"));
+      return;
+    }
+    if (renewed === null) {
+      if (!feed.polling) setLive("offline");
+      feed.failures++;
+      scheduleReconnect();
+      return;
+    }
+    // The server answers but the socket never welcomed us twice running: poll meanwhile.
+    if (feed.failures >= 2 && !feed.polling) startPolling();
+    connectSocket();
+  }, delay);
+}
+
+async function startPolling() {
+  feed.polling = true;
+  setLive("polling");
+  while (feed.polling && session.access) {
+    try {
+      const since = session.cursor ? `&since=${encodeURIComponent(session.cursor)}` : "";
+      const page = await request("GET", `v1/sync/pull?limit=500&wait=25${since}`);
+      if (!feed.polling) break;
+      session.cursor = page.cursor;
+      if (page.changes.length) applyChanges(page.changes);
+      setLive("polling");
+    } catch {
+      if (!feed.polling) break;
+      setLive("offline");
+      await new Promise((resolve) => setTimeout(resolve, 2000));
+    }
+  }
 }
 
 function sendOnSocket(frame) {
@@ -184,6 +257,11 @@ function signedOut(message) {
   const socket = session.socket;
   session.access = null;
   session.socket = null;
+  session.cursor = null;
+  feed.polling = false;
+  feed.failures = 0;
+  clearTimeout(feed.retryTimer);
+  records.clear();
   clearTimeout(session.refreshTimer);
   socket?.close();
   showSignIn(message);
@@ -325,6 +403,7 @@ function showReset(token) {
 // Signed in.
 
 const TABS = [
+  ["conversations", "conversations", showConversations],
   ["conflicts", "conflicts", showConflicts],
   ["devices", "devices", showDevices],
   ["nextchat", "appPasswords", showAppPasswords],
@@ -338,14 +417,14 @@ async function startApp() {
   session.email = me.email;
   if (!session.socket) connectSocket();
   const tab = location.hash.slice(1);
-  await showTab(TABS.some(([id]) => id === tab) ? tab : "devices");
+  await showTab(TABS.some(([id]) => id === tab) ? tab : "conversations");
 }
 
-/** Called with each `changes` frame of the live feed: the open tab may redraw. */
+/** Called with the changes of each frame or poll of the live feed: the open tab may redraw. */
 let onChanges = null;
 
-function changesArrived(frame) {
-  if (onChanges) onChanges(frame);
+function changesArrived(changes) {
+  if (onChanges) onChanges(changes);
 }
 
 async function showTab(id) {
@@ -381,6 +460,161 @@ async function signOut() {
     // Signed out already.
   }
   signedOut();
+}
+
+// ---------------------------------------------------------------------------------------
+// Conversations, live: NextChat's sessions and messages as the feed brings them.
+
+/** Text of a NextChat message's content: a string, or parts of which the text ones count. */
+function messageText(content) {
+  if (typeof content === "string") return content;
+  if (Array.isArray(content)) {
+    return content.map((part) => (part?.type === "text" && typeof part.text === "string" ? part.text : "")).join("\n");
+  }
+  return "";
+}
+
+/** A link target that is safe to follow: http(s) and mailto only (no `javascript:`). */
+function safeHref(url) {
+  try {
+    const parsed = new URL(url, BASE);
+    return ["http:", "https:", "mailto:"].includes(parsed.protocol) ? parsed.href : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Inline Markdown: code spans, bold, italic and links, as nodes (never HTML). */
+function inline(text) {
+  const out = [];
+  const pattern = /(`[^`\n]+`)|(\*\*[^*\n]+\*\*)|(\*[^*\s][^*\n]*\*)|(\[[^\]\n]+\]\([^)\s]+\))/g;
+  let last = 0;
+  for (const match of text.matchAll(pattern)) {
+    if (match.index > last) out.push(text.slice(last, match.index));
+    const [token] = match;
+    if (match[1]) out.push(h("code", {}, token.slice(1, -1)));
+    else if (match[2]) out.push(h("strong", {}, token.slice(2, -2)));
+    else if (match[3]) out.push(h("em", {}, token.slice(1, -1)));
+    else {
+      const [, label, url] = token.match(/^\[([^\]]+)\]\(([^)]+)\)$/);
+      const href = safeHref(url);
+      out.push(href ? h("a", { href, rel: "noopener noreferrer nofollow", target: "_blank" }, label) : token);
+    }
+    last = match.index + token.length;
+  }
+  if (last < text.length) out.push(text.slice(last));
+  return out;
+}
+
+/**
+ * The Markdown NextChat's replies use, as DOM nodes: fenced code, headings, lists,
+ * paragraphs and inline marks. Built from text nodes and a few elements, so raw HTML in a
+ * message shows as text and nothing in it runs.
+ */
+function markdown(source) {
+  const blocks = [];
+  const lines = source.replace(/\r\n/g, "\n").split("\n");
+  let i = 0;
+  while (i < lines.length) {
+    const line = lines[i];
+    if (line.startsWith("```")) {
+      const code = [];
+      i++;
+      while (i < lines.length && !lines[i].startsWith("```")) code.push(lines[i++]);
+      i++;
+      blocks.push(h("pre", {}, h("code", {}, code.join("\n"))));
+    } else if (/^#{1,6}\s/.test(line)) {
+      blocks.push(h("p", { class: "md-heading" }, inline(line.replace(/^#{1,6}\s+/, ""))));
+      i++;
+    } else if (/^\s*([-*+]|\d+[.)])\s+/.test(line)) {
+      const ordered = /^\s*\d/.test(line);
+      const items = [];
+      while (i < lines.length && /^\s*([-*+]|\d+[.)])\s+/.test(lines[i])) {
+        items.push(h("li", {}, inline(lines[i].replace(/^\s*([-*+]|\d+[.)])\s+/, ""))));
+        i++;
+      }
+      blocks.push(h(ordered ? "ol" : "ul", {}, items));
+    } else if (line.trim() === "") {
+      i++;
+    } else {
+      const paragraph = [];
+      while (i < lines.length && lines[i].trim() !== "" && !lines[i].startsWith("```")
+        && !/^#{1,6}\s/.test(lines[i]) && !/^\s*([-*+]|\d+[.)])\s+/.test(lines[i])) {
+        if (paragraph.length) paragraph.push(h("br"));
+        paragraph.push(...inline(lines[i]));
+        i++;
+      }
+      blocks.push(h("p", {}, paragraph));
+    }
+  }
+  return blocks;
+}
+
+function sessionsNewestFirst() {
+  const sessions = [...records.values()].filter((r) => r.collection === "sessions");
+  const updated = (r) => (typeof r.fields.lastUpdate === "number" ? r.fields.lastUpdate : 0);
+  return sessions.sort((a, b) => updated(b) - updated(a) || a.id.localeCompare(b.id));
+}
+
+function messagesOf(sessionId) {
+  return [...records.values()]
+    .filter((r) => r.collection === "messages" && r.fields.session_id === sessionId)
+    .sort((a, b) => (a.fields.position ?? 0) - (b.fields.position ?? 0) || a.seq - b.seq);
+}
+
+async function showConversations(content) {
+  const search = h("input", {
+    type: "search", id: "conversation-search", placeholder: t("searchTitles"), "aria-label": t("searchTitles"),
+    autocomplete: "off",
+  });
+  const list = h("ul", { class: "list sessions", id: "session-list" });
+  const view = h("section", { class: "card messages", id: "message-view", "aria-live": "polite" });
+  content.classList.add("wide");
+  content.append(h("div", { class: "conversations" },
+    h("section", { class: "card session-pane" }, h("h1", {}, t("conversations")), search, list),
+    view));
+
+  const drawList = () => {
+    const query = search.value.trim().toLowerCase();
+    const sessions = sessionsNewestFirst().filter((r) =>
+      !query || String(r.fields.topic ?? "").toLowerCase().includes(query));
+    if (!session.selected && sessions.length) session.selected = sessions[0].id;
+    list.replaceChildren(...(sessions.length === 0 ? [h("li", { class: "muted" }, t("noConversations"))]
+      : sessions.map((r) => h("li", {},
+        h("button", {
+          type: "button", class: "session-link", "data-session": r.id,
+          "aria-current": r.id === session.selected ? "true" : false,
+          onclick: () => {
+            session.selected = r.id;
+            draw();
+          },
+        }, String(r.fields.topic ?? r.id))))));
+  };
+  const drawMessages = () => {
+    const selected = session.selected ? records.get(`sessions/${session.selected}`) : null;
+    if (!selected) {
+      view.replaceChildren(h("p", { class: "muted" }, t("pickConversation")));
+      return;
+    }
+    view.replaceChildren(
+      h("h2", {}, String(selected.fields.topic ?? selected.id)),
+      ...messagesOf(selected.id).map((m) => h("article", {
+        class: `message ${m.fields.role === "user" ? "from-user" : "from-model"}`, "data-message": m.id,
+      },
+      h("div", { class: "muted" }, [m.fields.role === "user" ? t("you") : String(m.fields.model ?? t("assistant")),
+        typeof m.fields.date === "string" ? ` · ${m.fields.date}` : ""].join("")),
+      h("div", { class: "md" }, markdown(messageText(m.fields.content))))));
+  };
+  const draw = () => {
+    drawList();
+    drawMessages();
+  };
+  search.addEventListener("input", drawList);
+  draw();
+  onChanges = () => {
+    clearTimeout(session.conversationRedraw);
+    session.conversationRedraw = setTimeout(draw, 30);
+  };
 }
 
 // ---------------------------------------------------------------------------------------
@@ -841,7 +1075,7 @@ async function route() {
     showReset(params.get("token"));
     return;
   }
-  if (session.access || (await refresh())) {
+  if (session.access || (await refresh()) === true) {
     await startApp();
   } else {
     showSignIn();

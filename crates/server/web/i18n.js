@@ -52,6 +52,8 @@ const en = {
   exportTitle: "Export", exportHint: "A NextChat backup file of everything here (never your API keys). NextChat's Settings → Import reads it.",
   export: "Download the backup", importTitle: "Import", importHint: "Merge a NextChat backup file (its Export) into this account. Nothing here is removed.",
   importFile: "Backup file", import: "Import",
+  conversations: "Conversations", searchTitles: "Search titles", noConversations: "No conversations yet. Sync NextChat to see them here.",
+  pickConversation: "Pick a conversation.", you: "You", assistant: "Assistant", polling: "polling",
 };
 
 const zh = {
@@ -105,6 +107,8 @@ const zh = {
   exportTitle: "导出", exportHint: "包含这里所有内容的 NextChat 备份文件（不含你的 API 密钥）。NextChat 的 设置 → 导入 可以读取。",
   export: "下载备份", importTitle: "导入", importHint: "将 NextChat 备份文件（其导出）合并到此账号。不会删除这里的任何内容。",
   importFile: "备份文件", import: "导入",
+  conversations: "对话", searchTitles: "搜索标题", noConversations: "还没有对话。同步 NextChat 后会显示在这里。",
+  pickConversation: "选择一个对话。", you: "你", assistant: "助手", polling: "轮询",
 };
 
 const dictionaries = { en, zh };

@@ -76,8 +76,10 @@ await step("sign up, and the forms are what password managers expect", async () 
   await laptop.fill("#email", EMAIL);
   await laptop.fill("#password", PASSWORD);
   await laptop.click("button[type=submit]");
-  await laptop.waitForSelector("#device-list");
+  await laptop.waitForSelector("#session-list");
   await laptop.waitForSelector("#live.live", { timeout: 5000 });
+  await laptop.click("button[data-tab=devices]");
+  await laptop.waitForSelector("#device-list");
   assert.match(await laptop.textContent("#device-list"), /Web · Chrome/);
   await shoot(laptop, "devices");
 });
@@ -212,6 +214,93 @@ await step("backups: restore brings back a deleted conversation; export and impo
   assert.equal(imported.fields.topic, "From a backup file");
 });
 
+/** A signed-in device of Ann's for direct API calls. */
+async function apiAs(name) {
+  const login = await fetch(`${BASE}/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: EMAIL, password: PASSWORD, device_name: name }) });
+  assert.ok(login.ok, `login: ${login.status}`);
+  const token = (await login.json()).access_token;
+  let counter = 0;
+  return {
+    async pushMessage(id, sessionId, position, content) {
+      const hlc = `${String(Date.now()).padStart(15, "0")}-${String(counter++).padStart(5, "0")}-${name}`;
+      const response = await fetch(`${BASE}/v1/sync/push`, { method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: JSON.stringify({ mutations: [{ mutation_id: `${name}-${id}`, collection: "messages", id, op: "upsert", hlc,
+          fields: { session_id: sessionId, position, role: "assistant", model: "gpt-4o-mini", content } }] }) });
+      assert.ok(response.ok, `push: ${response.status}`);
+    },
+  };
+}
+
+await step("conversations update live, and hostile Markdown renders inert", async () => {
+  await laptop.click("button[data-tab=conversations]");
+  await laptop.waitForSelector("#session-list button[data-session=s1]");
+  await laptop.fill("#conversation-search", "backup file");
+  await laptop.waitForSelector("#session-list button[data-session=imported]");
+  assert.equal(await laptop.$("#session-list button[data-session=s1]"), null, "search filters by title");
+  await laptop.fill("#conversation-search", "");
+  await laptop.click("#session-list button[data-session=s1]");
+  await laptop.waitForSelector("#message-view article[data-message=m1]");
+  const writer = await apiAs("desktop");
+  const hostile = [
+    "Here is **the plan**, with `code` and a [safe link](https://example.org/docs).",
+    "",
+    "<img src=x onerror=\"window.__pwned = 'img'\"> <script>window.__pwned = 'script'</script>",
+    "[click me](javascript:window.__pwned='link') and [data](data:text/html,<script>alert(1)</script>)",
+    "",
+    "```",
+    "<b>not bold</b>",
+    "```",
+  ].join("\n");
+  const pushed = Date.now();
+  await writer.pushMessage("hostile", "s1", 1, hostile);
+  await laptop.waitForSelector("#message-view article[data-message=hostile]", { timeout: 1000 });
+  console.log(`   a pushed message showed after ${Date.now() - pushed} ms`);
+  const article = "#message-view article[data-message=hostile]";
+  assert.equal(await laptop.evaluate(() => window.__pwned), undefined);
+  assert.equal(await laptop.$$eval(`${article} img, ${article} script, ${article} b`, (n) => n.length), 0);
+  const links = await laptop.$$eval(`${article} a`, (as) => as.map((a) => a.getAttribute("href")));
+  assert.deepEqual(links, ["https://example.org/docs"]);
+  assert.equal(await laptop.textContent(`${article} strong`), "the plan");
+  assert.match(await laptop.textContent(`${article} pre`), /<b>not bold<\/b>/);
+  await shoot(laptop, "conversations");
+});
+
+await step("where the socket cannot open, long-polling keeps the page live", async () => {
+  const { context, page: blocked } = await newPage("blocked");
+  // A proxy that refuses WebSocket upgrades: every socket closes before its welcome.
+  await context.addInitScript(() => {
+    window.WebSocket = class extends EventTarget {
+      constructor() {
+        super();
+        this.readyState = 0;
+        setTimeout(() => {
+          this.readyState = 3;
+          this.dispatchEvent(new Event("close"));
+        }, 20);
+      }
+      send() {}
+      close() {}
+    };
+  });
+  await blocked.goto(`${BASE}/`);
+  await blocked.fill("#email", EMAIL);
+  await blocked.fill("#password", PASSWORD);
+  await blocked.click("button[type=submit]");
+  await blocked.waitForSelector("#live.polling", { timeout: 8000 });
+  await blocked.click("#session-list button[data-session=s1]");
+  await blocked.waitForSelector("#message-view article[data-message=hostile]");
+  const writer = await apiAs("desktop2");
+  const pushed = Date.now();
+  await writer.pushMessage("polled", "s1", 2, "Delivered by long-poll.");
+  await blocked.waitForSelector("#message-view article[data-message=polled]", { timeout: 3000 });
+  console.log(`   delivered by long-poll after ${Date.now() - pushed} ms`);
+  assert.equal(await blocked.$$eval("#message-view article[data-message=polled]", (n) => n.length), 1);
+  await shoot(blocked, "polling");
+  await context.close();
+});
+
 await step("Simplified Chinese", async () => {
   await laptop.selectOption("header select", "zh");
   await laptop.waitForSelector("button[data-tab=devices]:has-text('设备')");
@@ -226,6 +315,8 @@ await step("a device removed from another browser drops to sign-in within 2 s", 
   await phone.fill("#email", EMAIL);
   await phone.fill("#password", PASSWORD);
   await phone.click("button[type=submit]");
+  await phone.waitForSelector("#session-list");
+  await phone.click("button[data-tab=devices]");
   await phone.waitForSelector("#device-list li:nth-child(2)");
   phone.on("dialog", (dialog) => dialog.accept());
   await phone.click("#device-list button.danger");
@@ -262,7 +353,7 @@ await step("a forgotten password is reset from the link in the mail", async () =
   await laptop.fill("#email", EMAIL);
   await laptop.fill("#password", "a brand new passphrase");
   await laptop.click("button[type=submit]");
-  await laptop.waitForSelector("#device-list");
+  await laptop.waitForSelector("#session-list");
 });
 
 await step("the app password died with the old password", async () => {
