@@ -63,6 +63,11 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let housekeeping = spawn_housekeeping(&state);
     let tls = state.config.tls.clone();
+    let stopping = state.stopping.clone();
+    let shutdown = async move {
+        shutdown.await;
+        stopping.cancel();
+    };
     let app = router::app(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = serve_app(listener, app, tls, shutdown).await;
     housekeeping.abort();

@@ -12,6 +12,7 @@ use crate::secrets;
 use anyhow::Context;
 use nextsync_store::{Store, StoreLocation};
 use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct AppState {
@@ -24,6 +25,9 @@ pub struct AppState {
     pub metrics: Metrics,
     pub bus: Arc<dyn Bus>,
     pub nextchat: NextChat,
+    /// Cancelled when the server begins to stop: open sockets close ("going away") and
+    /// long-polls answer at once, so a graceful stop does not wait on them.
+    pub stopping: CancellationToken,
 }
 
 impl AppState {
@@ -63,6 +67,7 @@ impl AppState {
             metrics: Metrics::install()?,
             bus: Arc::new(LocalBus::new()),
             nextchat: NextChat::new(Sealer::new(&secrets_key), config.nextchat_max_upload_bytes),
+            stopping: CancellationToken::new(),
             store,
             config: Arc::new(config),
         })

@@ -326,11 +326,16 @@ pub async fn pull_changes(
         let (Some(deadline), Some(notices)) = (deadline, notices.as_mut()) else {
             break page;
         };
-        if !page.changes.is_empty()
-            || tokio::time::timeout_at(deadline, changed_after(&*state.bus, notices, auth.user, from))
-                .await
-                .is_err()
-        {
+        if !page.changes.is_empty() || state.stopping.is_cancelled() {
+            break page;
+        }
+        // Woken by a commit for this account (read again), or answered as it stands at the
+        // deadline or when the server begins to stop.
+        let woken = tokio::select! {
+            woken = tokio::time::timeout_at(deadline, changed_after(&*state.bus, notices, auth.user, from)) => woken.is_ok(),
+            () = state.stopping.cancelled() => false,
+        };
+        if !woken {
             break page;
         }
     };

@@ -136,6 +136,7 @@ impl Connection {
         }
         let code = match reason.code.as_str() {
             "internal" => 1011,
+            "shutting_down" => 1001,
             "message_too_big" => 1009,
             _ => 1008,
         };
@@ -158,6 +159,7 @@ impl Connection {
         let mut last_heard = Instant::now();
         loop {
             tokio::select! {
+                () = self.state.stopping.cancelled() => return Err(close("shutting_down", "the server is stopping; reconnect and resume from your cursor")),
                 () = sleep_until(expires_at) => return Err(close("token_expired", "the access token expired; reconnect with a fresh one")),
                 notice = notices.recv() => match notice {
                     Ok(Notice::Changed { user, head, page }) if user == auth.user && head > cursor.seq => {

@@ -6,10 +6,15 @@
 //! Needs `node`, `/usr/bin/chromium` and `npm ci --prefix crates/server/tests/webapp`; so it
 //! is `#[ignore]`d (counted as not run by `cargo test`) and `.ci/run` installs all three and
 //! runs it with `--include-ignored`, where anything missing fails it.
+//!
+//! The script can ask for the server to go away and come back (a line `STOP-SERVER` on its
+//! output, answered `STOPPED`; then `START-SERVER`, answered `STARTED`, same port and data):
+//! the page must notice, and resume from its cursor when the server is back.
 
 use nextsync_testkit::{TestDb, TestServer};
 use std::path::PathBuf;
-use std::process::Command;
+use std::process::Stdio;
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "needs node, chromium and the npm packages of tests/webapp; run with --include-ignored"]
@@ -28,21 +33,37 @@ async fn the_web_app_works_in_a_real_browser() {
         .port();
     config.bind = ([127, 0, 0, 1], port).into();
     config.public_url = format!("http://127.0.0.1:{port}");
-    let server = TestServer::start(config).await;
+    let mut server = Some(TestServer::start(config.clone()).await);
+    let base_url = server.as_ref().map(|s| s.base_url.clone()).unwrap_or_default();
     let shots = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/webapp-screenshots");
-    let base_url = server.base_url.clone();
-    let data_dir = db.data_dir();
-    let status = tokio::task::spawn_blocking(move || {
-        Command::new("node")
-            .arg(dir.join("e2e.mjs"))
-            .arg(&base_url)
-            .arg(&data_dir)
-            .arg(&shots)
-            .status()
-    })
-    .await
-    .expect("join")
-    .expect("node runs");
+    let mut node = tokio::process::Command::new("node")
+        .arg(dir.join("e2e.mjs"))
+        .arg(&base_url)
+        .arg(db.data_dir())
+        .arg(&shots)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("node runs");
+    let mut input = node.stdin.take().expect("stdin");
+    let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
+    while let Some(line) = lines.next_line().await.expect("read") {
+        println!("{line}");
+        match line.as_str() {
+            "STOP-SERVER" => {
+                if let Some(running) = server.take() {
+                    running.stop().await.expect("graceful stop");
+                }
+                input.write_all(b"STOPPED\n").await.expect("answer");
+            }
+            "START-SERVER" => {
+                server = Some(TestServer::start(config.clone()).await);
+                input.write_all(b"STARTED\n").await.expect("answer");
+            }
+            _ => {}
+        }
+    }
+    let status = node.wait().await.expect("node exits");
     assert!(
         status.success(),
         "the browser checks failed (see their output above)"

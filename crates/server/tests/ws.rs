@@ -320,3 +320,45 @@ async fn a_frame_over_the_limit_is_closed_with_1009() {
     }
     assert_eq!(close_code, Some(CloseCode::Size));
 }
+
+/// A stopping server says goodbye to its sockets (close 1001, `shutting_down`) and answers
+/// long-polls at once, so neither holds up a graceful stop or lingers after it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopping_server_closes_sockets_and_answers_long_polls() {
+    use futures::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+    let db = TestDb::sqlite();
+    let (server, api) = start(&db).await;
+    let session = api.register("ann@example.org").await;
+    let mut socket = connect(&server).await;
+    let welcome = hello(&mut socket, &session, None).await;
+    let cursor = welcome["cursor"].as_str().expect("cursor").to_owned();
+    let poll = {
+        let api = api.clone();
+        let token = session.access.clone();
+        tokio::spawn(async move {
+            api.get(&format!("/v1/sync/pull?since={cursor}&wait=60"), Some(&token))
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    server.stop().await.expect("graceful stop");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stop waited {:?}",
+        started.elapsed()
+    );
+    let (status, body) = poll.await.expect("join");
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["changes"], json!([]));
+    let mut close_code = None;
+    while let Ok(Some(Ok(message))) = tokio::time::timeout(Duration::from_secs(2), socket.next()).await {
+        if let Message::Close(frame) = message {
+            close_code = frame.map(|f| f.code);
+            break;
+        }
+    }
+    assert_eq!(close_code, Some(CloseCode::Away));
+}

@@ -9,6 +9,17 @@ import { chromium } from "playwright-core";
 import assert from "node:assert/strict";
 import fs from "node:fs";
 import path from "node:path";
+import readline from "node:readline";
+
+// Answers from the harness (tests/webapp.rs) on stdin, one per line.
+const answers = readline.createInterface({ input: process.stdin })[Symbol.asyncIterator]();
+
+/** Asks the harness to stop or start the server; resolves when it is done. */
+async function server(command, done) {
+  console.log(command);
+  const { value } = await answers.next();
+  assert.equal(value, done);
+}
 
 const [base, dataDir, shots] = process.argv.slice(2);
 const BASE = base.replace(/\/$/, "");
@@ -265,6 +276,21 @@ await step("conversations update live, and hostile Markdown renders inert", asyn
   assert.equal(await laptop.textContent(`${article} strong`), "the plan");
   assert.match(await laptop.textContent(`${article} pre`), /<b>not bold<\/b>/);
   await shoot(laptop, "conversations");
+});
+
+await step("the server restarts under the open page: offline, then resumed from its cursor, each message once", async () => {
+  await laptop.click("#session-list button[data-session=s1]");
+  await laptop.waitForSelector("#message-view article[data-message=hostile]");
+  const before = await laptop.$$eval("#message-view article", (n) => n.length);
+  await server("STOP-SERVER", "STOPPED");
+  await laptop.waitForSelector("#live.offline", { timeout: 5000 });
+  await server("START-SERVER", "STARTED");
+  const writer = await apiAs("restart");
+  await writer.pushMessage("meanwhile", "s1", 3, "Pushed while the page was away.");
+  await laptop.waitForSelector("#live.live", { timeout: 15000 });
+  await laptop.waitForSelector("#message-view article[data-message=meanwhile]", { timeout: 5000 });
+  assert.equal(await laptop.$$eval("#message-view article", (n) => n.length), before + 1);
+  assert.equal(await laptop.$$eval("#message-view article[data-message=meanwhile]", (n) => n.length), 1);
 });
 
 await step("where the socket cannot open, long-polling keeps the page live", async () => {
