@@ -294,26 +294,29 @@ function field(id, label, type, autocomplete, extra = {}) {
   return [h("label", { for: id }, label), h("input", { id, name: id, type, autocomplete, required: true, ...extra })];
 }
 
+/** A sign-in form's submit handler for `path` (login or register); errors go to `error`. */
+function signInVia(path, error) {
+  return async (e) => {
+    e.preventDefault();
+    const data = new FormData(e.target);
+    error.textContent = "";
+    try {
+      const tokens = await request("POST", path, {
+        email: data.get("email"), password: data.get("password"),
+        device_name: deviceName(), refresh_cookie: true,
+      }, { auth: false });
+      signedIn(tokens);
+      await startApp();
+    } catch (err) {
+      error.textContent = err.code === "registration_closed" ? t("registrationClosed") : err.message;
+    }
+  };
+}
+
 function showSignIn(message) {
   const error = errorLine();
   if (message) error.textContent = message;
-  const form = h("form", {
-    onsubmit: async (e) => {
-      e.preventDefault();
-      const data = new FormData(e.target);
-      error.textContent = "";
-      try {
-        const tokens = await request("POST", "v1/auth/login", {
-          email: data.get("email"), password: data.get("password"),
-          device_name: deviceName(), refresh_cookie: true,
-        }, { auth: false });
-        signedIn(tokens);
-        await startApp();
-      } catch (err) {
-        error.textContent = err.message;
-      }
-    },
-  },
+  const form = h("form", { onsubmit: signInVia("v1/auth/login", error) },
   field("email", t("email"), "email", "username"),
   field("password", t("password"), "password", "current-password"),
   error,
@@ -326,23 +329,7 @@ function showSignIn(message) {
 
 function showSignUp() {
   const error = errorLine();
-  const form = h("form", {
-    onsubmit: async (e) => {
-      e.preventDefault();
-      const data = new FormData(e.target);
-      error.textContent = "";
-      try {
-        const tokens = await request("POST", "v1/auth/register", {
-          email: data.get("email"), password: data.get("password"),
-          device_name: deviceName(), refresh_cookie: true,
-        }, { auth: false });
-        signedIn(tokens);
-        await startApp();
-      } catch (err) {
-        error.textContent = err.code === "registration_closed" ? t("registrationClosed") : err.message;
-      }
-    },
-  },
+  const form = h("form", { onsubmit: signInVia("v1/auth/register", error) },
   field("email", t("email"), "email", "username"),
   field("password", t("password"), "password", "new-password", { minlength: 10 }),
   h("p", { class: "hint" }, t("passwordRules")),
