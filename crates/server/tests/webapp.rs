@@ -43,11 +43,18 @@ async fn the_web_app_works_in_a_real_browser() {
         .arg(&shots)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("node runs");
     let mut input = node.stdin.take().expect("stdin");
     let mut lines = BufReader::new(node.stdout.take().expect("stdout")).lines();
-    while let Some(line) = lines.next_line().await.expect("read") {
+    // A hung browser or script fails the test instead of holding CI.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(300);
+    while let Some(line) = tokio::time::timeout_at(deadline, lines.next_line())
+        .await
+        .expect("the browser checks took over 5 minutes")
+        .expect("read")
+    {
         println!("{line}");
         match line.as_str() {
             "STOP-SERVER" => {
@@ -63,7 +70,10 @@ async fn the_web_app_works_in_a_real_browser() {
             _ => {}
         }
     }
-    let status = node.wait().await.expect("node exits");
+    let status = tokio::time::timeout_at(deadline, node.wait())
+        .await
+        .expect("node did not exit")
+        .expect("node exits");
     assert!(
         status.success(),
         "the browser checks failed (see their output above)"
