@@ -91,6 +91,14 @@ pub struct Me {
     pub created_at: Timestamp,
 }
 
+/// What anyone may know of the server before signing in (`GET /v1/server`).
+#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
+pub struct ServerInfo {
+    /// `open`, or `closed` (only the operator makes accounts).
+    pub registration: String,
+    pub version: String,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct DeleteMeRequest {
     pub password: Secret,

@@ -1,6 +1,8 @@
 //! Operator endpoints: `/healthz` (the process answers), `/readyz` (the store answers too),
-//! `/metrics` (Prometheus) and `/v1/openapi.json` (generated from the handlers' annotations).
+//! `/metrics` (Prometheus) and `/v1/openapi.json` (generated from the handlers' annotations);
+//! and `/v1/server`, what a sign-in page needs to know (is registration open).
 
+use crate::config::Registration;
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
@@ -8,6 +10,7 @@ use crate::{account, auth, metrics, nextchat, sync};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
+use nextsync_core::api::ServerInfo;
 use serde_json::{Value, json};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{Modify, OpenApi};
@@ -18,6 +21,7 @@ pub fn router() -> Router<AppState> {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics::render_metrics))
         .route("/v1/openapi.json", get(openapi_json))
+        .route("/v1/server", get(server_info))
 }
 
 async fn healthz() -> Json<Value> {
@@ -39,6 +43,19 @@ async fn readyz(State(state): State<AppState>) -> Result<Json<Value>, ApiError> 
     ))
 }
 
+#[utoipa::path(get, path = "/v1/server", tag = "ops",
+    responses((status = 200, description = "public facts about this server", body = ServerInfo)))]
+pub async fn server_info(State(state): State<AppState>) -> Json<ServerInfo> {
+    Json(ServerInfo {
+        registration: match state.config.registration {
+            Registration::Open => "open",
+            Registration::Closed => "closed",
+        }
+        .to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+    })
+}
+
 async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
     Json(ApiDoc::openapi())
 }
@@ -47,6 +64,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
 #[openapi(
     info(title = "nextsync", description = "Self-hosted cross-device sync for AI chat clients."),
     paths(
+        server_info,
         auth::handlers::register,
         auth::handlers::login,
         auth::handlers::refresh,

@@ -185,6 +185,16 @@ async fn closed_registration_is_forbidden(db: TestDb) {
         (status, error_code(&body)),
         (StatusCode::FORBIDDEN, "registration_closed")
     );
+    // Sign-in pages ask first, and offer no sign-up.
+    let (status, info) = api.get("/v1/server", None).await;
+    assert_eq!(
+        (status, info["registration"].as_str()),
+        (StatusCode::OK, Some("closed"))
+    );
+    let (_, open) = Api::new(&TestServer::start(db.config()).await)
+        .get("/v1/server", None)
+        .await;
+    assert_eq!(open["registration"], "open");
 }
 
 async fn a_refresh_rotates_and_a_reused_token_revokes_the_family(db: TestDb) {

@@ -313,9 +313,24 @@ function signInVia(path, error) {
   };
 }
 
-function showSignIn(message) {
+/** Whether this server takes new accounts (asked once; open unless it says closed). */
+let registrationOpen = null;
+
+async function registration() {
+  if (registrationOpen === null) {
+    try {
+      registrationOpen = (await request("GET", "v1/server", undefined, { auth: false })).registration !== "closed";
+    } catch {
+      return true;
+    }
+  }
+  return registrationOpen;
+}
+
+async function showSignIn(message) {
   const error = errorLine();
   if (message) error.textContent = message;
+  const open = await registration();
   const form = h("form", { onsubmit: signInVia("v1/auth/login", error) },
   field("email", t("email"), "email", "username"),
   field("password", t("password"), "password", "current-password"),
@@ -324,7 +339,7 @@ function showSignIn(message) {
   show(authPage(t("signIn"), form,
     h("div", { class: "row" },
       h("button", { class: "link", type: "button", onclick: showForgot }, t("forgot")),
-      h("button", { class: "link", type: "button", id: "to-signup", onclick: showSignUp }, t("noAccount")))));
+      open ? h("button", { class: "link", type: "button", id: "to-signup", onclick: showSignUp }, t("noAccount")) : null)));
 }
 
 function showSignUp() {
@@ -371,7 +386,7 @@ function showReset(token) {
       try {
         await request("POST", "v1/auth/password/reset", { token, new_password: new FormData(e.target).get("password") }, { auth: false });
         history.replaceState(null, "", BASE.pathname);
-        showSignIn();
+        await showSignIn();
         root.querySelector(".error").textContent = "";
         root.querySelector(".card").append(h("p", { class: "notice", role: "status" }, t("resetDone")));
       } catch (err) {
