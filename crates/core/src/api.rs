@@ -28,6 +28,9 @@ pub struct RegisterRequest {
     /// Shown in the device list; defaults to "unnamed device".
     #[serde(default)]
     pub device_name: Option<String>,
+    /// What this device is (shown in the device list); `other` when absent.
+    #[serde(default)]
+    pub device_kind: DeviceKind,
     /// Keep the refresh token in an `HttpOnly` cookie instead of the answer (web pages).
     #[serde(default)]
     pub refresh_cookie: bool,
@@ -39,6 +42,9 @@ pub struct LoginRequest {
     pub password: Secret,
     #[serde(default)]
     pub device_name: Option<String>,
+    /// What this device is (shown in the device list); `other` when absent.
+    #[serde(default)]
+    pub device_kind: DeviceKind,
     /// Keep the refresh token in an `HttpOnly` cookie instead of the answer (web pages).
     #[serde(default)]
     pub refresh_cookie: bool,
@@ -91,6 +97,41 @@ pub struct Me {
     pub created_at: Timestamp,
 }
 
+/// What a signed-in device is, as its client says at sign-in. A wire contract.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// The web app.
+    Browser,
+    /// The `nextsync` command line client.
+    Cli,
+    /// A native integration of the client SDK.
+    App,
+    #[default]
+    Other,
+}
+
+impl DeviceKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Browser => "browser",
+            Self::Cli => "cli",
+            Self::App => "app",
+            Self::Other => "other",
+        }
+    }
+
+    /// The stored name back; anything unknown is `Other`.
+    pub fn from_stored(text: &str) -> Self {
+        match text {
+            "browser" => Self::Browser,
+            "cli" => Self::Cli,
+            "app" => Self::App,
+            _ => Self::Other,
+        }
+    }
+}
+
 /// What anyone may know of the server before signing in (`GET /v1/server`).
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 pub struct ServerInfo {
@@ -108,6 +149,7 @@ pub struct DeleteMeRequest {
 pub struct DeviceView {
     pub device_id: DeviceId,
     pub name: String,
+    pub kind: DeviceKind,
     pub created_at: Timestamp,
     pub last_seen_at: Timestamp,
     /// True for the device whose token made this request.

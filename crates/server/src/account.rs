@@ -78,6 +78,7 @@ pub async fn list_devices(
                 current: d.device_id == auth.device,
                 device_id: d.device_id,
                 name: d.name,
+                kind: d.kind,
                 created_at: d.created_at,
                 last_seen_at: d.last_seen_at,
             })

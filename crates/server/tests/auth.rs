@@ -42,6 +42,37 @@ async fn register_login_and_me_work_together(db: TestDb) {
     assert!(first.refresh.starts_with("nsr_"));
 
     let second = api.login("ann@example.org", PASSWORD).await;
+    // A client may say what it is; the device list shows it (`other` when it does not say).
+    let (status, cli) = api
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"email": "ann@example.org", "password": PASSWORD, "device_name": "terminal", "device_kind": "cli"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{cli}");
+    let (_, devices) = api.get("/v1/devices", second.token()).await;
+    let kinds: Vec<(&str, &str)> = devices["devices"]
+        .as_array()
+        .expect("devices")
+        .iter()
+        .map(|d| {
+            (
+                d["name"].as_str().expect("name"),
+                d["kind"].as_str().expect("kind"),
+            )
+        })
+        .collect();
+    assert!(kinds.contains(&("terminal", "cli")), "{kinds:?}");
+    assert!(kinds.contains(&("phone", "other")), "{kinds:?}");
+    let (status, body) = api
+        .post(
+            "/v1/auth/login",
+            None,
+            json!({"email": "ann@example.org", "password": PASSWORD, "device_kind": "toaster"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
     assert_eq!(second.user_id, first.user_id);
     assert_ne!(second.device_id, first.device_id, "each login is a new device");
 
@@ -53,7 +84,7 @@ async fn register_login_and_me_work_together(db: TestDb) {
 
     let (_, devices) = api.get("/v1/devices", second.token()).await;
     let devices = devices["devices"].as_array().expect("devices");
-    assert_eq!(devices.len(), 2);
+    assert_eq!(devices.len(), 3, "laptop, phone and terminal");
     let current: Vec<_> = devices.iter().filter(|d| d["current"] == true).collect();
     assert_eq!(current.len(), 1);
     assert_eq!(current[0]["device_id"], second.device_id.as_str());
@@ -471,6 +502,7 @@ async fn app_passwords_need_a_fresh_sign_in_and_end_with_the_password_or_their_d
     let user: nextsync_core::ids::UserId = laptop.user_id.parse().expect("user id");
     let an_hour_ago = nextsync_core::time::Timestamp::now().minus_secs(3600);
     let old_device = nextsync_store::accounts::NewDevice {
+        kind: Default::default(),
         user_id: user,
         device_id: nextsync_core::ids::DeviceId::new(),
         name: "old tab".into(),

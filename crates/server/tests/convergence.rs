@@ -341,6 +341,7 @@ async fn account(server: &TestServer, n: u64, devices: usize) -> Vec<String> {
     let mut tokens = Vec::new();
     for i in 0..devices {
         let device = NewDevice {
+            kind: Default::default(),
             user_id: user.id,
             device_id: DeviceId::new(),
             name: format!("dev{i}"),

@@ -303,7 +303,7 @@ function signInVia(path, error) {
     try {
       const tokens = await request("POST", path, {
         email: data.get("email"), password: data.get("password"),
-        device_name: deviceName(), refresh_cookie: true,
+        device_name: deviceName(), device_kind: "browser", refresh_cookie: true,
       }, { auth: false });
       signedIn(tokens);
       await startApp();
@@ -762,23 +762,36 @@ function conflictView(conflict) {
     editor, error);
 }
 
+const KINDS = { browser: "kindBrowser", cli: "kindCli", app: "kindApp", other: "kindOther" };
+
 async function showDevices(content) {
-  const { devices } = await request("GET", "v1/devices");
-  const notice = h("p", { class: "notice", role: "status" });
+  const [{ devices }, { app_passwords: appPasswords }] = await Promise.all([
+    request("GET", "v1/devices"), request("GET", "v1/app-passwords"),
+  ]);
+  const remove = (label, message, path) => h("button", {
+    type: "button", class: "danger", "aria-label": `${t("revoke")}: ${label}`,
+    onclick: async () => {
+      if (!confirm(message)) return;
+      await request("DELETE", path);
+      await showTab("devices");
+    },
+  }, t("revoke"));
+  const signIns = devices.map((device) => h("li", { "data-kind": device.kind },
+    h("div", { class: "item-main" },
+      h("div", { class: "item-title" }, device.name,
+        h("span", { class: "badge" }, t(KINDS[device.kind] ?? "kindOther")),
+        device.current ? h("span", { class: "badge" }, t("thisDevice")) : null),
+      h("div", { class: "muted" }, `${t("created")}: ${when(device.created_at)} · ${t("lastSeen")}: ${when(device.last_seen_at)}`)),
+    device.current ? null : remove(device.name, t("confirmRevoke", { name: device.name }), `v1/devices/${device.device_id}`)));
+  // NextChat installations authenticate with app passwords: they are devices too.
+  const nextchats = appPasswords.map((item) => h("li", { "data-kind": "app-password" },
+    h("div", { class: "item-main" },
+      h("div", { class: "item-title" }, item.label, h("span", { class: "badge" }, t("kindAppPassword"))),
+      h("div", { class: "muted" }, `${t("created")}: ${when(item.created_at)} · ${t("lastUsed")}: ${when(item.last_used_at)}`)),
+    remove(item.label, t("confirmDelete", { name: item.label }), `v1/app-passwords/${item.id}`)));
   content.append(h("section", { class: "card" },
     h("h1", {}, t("devices")),
-    h("ul", { class: "list", id: "device-list" }, devices.map((device) => h("li", {},
-      h("div", { class: "item-main" },
-        h("div", { class: "item-title" }, device.name, device.current ? h("span", { class: "badge" }, t("thisDevice")) : null),
-        h("div", { class: "muted" }, `${t("created")}: ${when(device.created_at)} · ${t("lastSeen")}: ${when(device.last_seen_at)}`)),
-      device.current ? null : h("button", {
-        type: "button", class: "danger", "aria-label": `${t("revoke")}: ${device.name}`,
-        onclick: async () => {
-          if (!confirm(t("confirmRevoke", { name: device.name }))) return;
-          await request("DELETE", `v1/devices/${device.device_id}`);
-          await showTab("devices");
-        },
-      }, t("revoke"))))),
+    h("ul", { class: "list", id: "device-list" }, signIns, nextchats),
     devices.length > 1 ? h("div", { class: "row" }, h("button", {
       type: "button",
       onclick: async () => {
@@ -788,8 +801,7 @@ async function showDevices(content) {
         await showTab("devices");
         root.querySelector("#content .card").append(h("p", { class: "notice", role: "status" }, t("othersSignedOut")));
       },
-    }, t("signOutOthers"))) : null,
-    notice));
+    }, t("signOutOthers"))) : null));
 }
 
 function copyButton(value) {

@@ -54,6 +54,7 @@ const en = {
   importFile: "Backup file", import: "Import",
   conversations: "Conversations", searchTitles: "Search titles", noConversations: "No conversations yet. Sync NextChat to see them here.",
   pickConversation: "Pick a conversation.", you: "You", assistant: "Assistant", polling: "polling",
+  kindBrowser: "browser", kindCli: "command line", kindApp: "app", kindOther: "device", kindAppPassword: "NextChat app password",
 };
 
 const zh = {
@@ -109,6 +110,7 @@ const zh = {
   importFile: "备份文件", import: "导入",
   conversations: "对话", searchTitles: "搜索标题", noConversations: "还没有对话。同步 NextChat 后会显示在这里。",
   pickConversation: "选择一个对话。", you: "你", assistant: "助手", polling: "轮询",
+  kindBrowser: "浏览器", kindCli: "命令行", kindApp: "应用", kindOther: "设备", kindAppPassword: "NextChat 应用密码",
 };
 
 const dictionaries = { en, zh };

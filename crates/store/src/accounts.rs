@@ -8,6 +8,7 @@
 use crate::StoreError;
 use async_trait::async_trait;
 use nextsync_core::account::Email;
+pub use nextsync_core::api::DeviceKind;
 use nextsync_core::ids::{AppPasswordId, DeviceId, TokenHash, UserId};
 use nextsync_core::secret::Secret;
 use nextsync_core::time::Timestamp;
@@ -54,6 +55,7 @@ pub struct NewRefreshToken {
 /// A sign-in: the device and the first refresh token of its family.
 #[derive(Debug, Clone)]
 pub struct NewDevice {
+    pub kind: DeviceKind,
     pub user_id: UserId,
     pub device_id: DeviceId,
     pub name: String,
@@ -64,6 +66,7 @@ pub struct NewDevice {
 pub struct Device {
     pub device_id: DeviceId,
     pub name: String,
+    pub kind: DeviceKind,
     pub created_at: Timestamp,
     pub last_seen_at: Timestamp,
 }
@@ -226,8 +229,7 @@ pub trait AccountStore {
 pub(crate) const INSERT_USER: &str =
     "INSERT INTO users (user_id, email, password_hash, created_at) VALUES ($1, $2, $3, $4)";
 pub(crate) const INSERT_FEED_HEAD: &str = "INSERT INTO feed_heads (user_id, seq, epoch) VALUES ($1, 0, $2)";
-pub(crate) const INSERT_DEVICE: &str =
-    "INSERT INTO devices (user_id, device_id, name, created_at, last_seen_at) VALUES ($1, $2, $3, $4, $4)";
+pub(crate) const INSERT_DEVICE: &str = "INSERT INTO devices (user_id, device_id, name, created_at, last_seen_at, kind) VALUES ($1, $2, $3, $4, $4, $5)";
 pub(crate) const INSERT_REFRESH: &str = "INSERT INTO refresh_tokens (user_id, token_hash, device_id, created_at, expires_at) VALUES ($1, $2, $3, $4, $5)";
 pub(crate) const SELECT_USER_BY_EMAIL: &str =
     "SELECT user_id, email, password_hash, created_at, disabled_at FROM users WHERE email = $1";
@@ -245,7 +247,7 @@ pub(crate) const SELECT_DEVICE_STATUS: &str = "SELECT d.revoked_at, d.last_seen_
      FROM devices d JOIN users u ON u.user_id = d.user_id WHERE d.user_id = $1 AND d.device_id = $2";
 pub(crate) const TOUCH_DEVICE: &str =
     "UPDATE devices SET last_seen_at = $3 WHERE user_id = $1 AND device_id = $2 AND last_seen_at < $3";
-pub(crate) const SELECT_DEVICES: &str = "SELECT device_id, name, created_at, last_seen_at FROM devices \
+pub(crate) const SELECT_DEVICES: &str = "SELECT device_id, name, kind, created_at, last_seen_at FROM devices \
      WHERE user_id = $1 AND revoked_at IS NULL ORDER BY created_at, device_id";
 pub(crate) const REVOKE_DEVICE: &str =
     "UPDATE devices SET revoked_at = $3 WHERE user_id = $1 AND device_id = $2 AND revoked_at IS NULL";
@@ -323,6 +325,7 @@ macro_rules! impl_account_store {
                 Ok(Device {
                     device_id: DeviceId::from_uuid(uuid(row, "device_id")?),
                     name: row.try_get("name")?,
+                    kind: DeviceKind::from_stored(row.try_get("kind")?),
                     created_at: ts(row, "created_at")?,
                     last_seen_at: ts(row, "last_seen_at")?,
                 })
@@ -719,6 +722,7 @@ macro_rules! impl_account_store {
                 .bind(device.device_id.as_uuid())
                 .bind(&device.name)
                 .bind(now)
+                .bind(device.kind.as_str())
                 .execute(&mut **tx)
                 .await?;
             sqlx::query(INSERT_REFRESH)

@@ -64,6 +64,11 @@ fn migrator() -> Migrator {
             "app_password_device",
             include_str!("../migrations/sqlite/0006_app_password_device.sql"),
         ),
+        migration(
+            7,
+            "device_kind",
+            include_str!("../migrations/sqlite/0007_device_kind.sql"),
+        ),
     ])
 }
 

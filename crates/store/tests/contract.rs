@@ -38,6 +38,7 @@ fn refresh(n: u8, now: Timestamp) -> NewRefreshToken {
 
 fn device(user: UserId, n: u8, now: Timestamp) -> NewDevice {
     NewDevice {
+        kind: Default::default(),
         user_id: user,
         device_id: DeviceId::new(),
         name: format!("device {n}"),

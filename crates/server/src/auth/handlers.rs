@@ -28,7 +28,7 @@ use nextsync_core::secret::Secret;
 use nextsync_core::time::Timestamp;
 use nextsync_store::StoreError;
 use nextsync_store::accounts::{
-    DeviceEnd, NewDevice, NewRefreshToken, NewUser, RefreshOutcome, ResetOutcome, User,
+    DeviceEnd, DeviceKind, NewDevice, NewRefreshToken, NewUser, RefreshOutcome, ResetOutcome, User,
 };
 
 const MAX_DEVICE_NAME_CHARS: usize = 100;
@@ -67,7 +67,7 @@ pub async fn register(
         password_hash,
         created_at: now,
     };
-    let (device, refresh_token) = new_device(&state, user.id, device_name, now)?;
+    let (device, refresh_token) = new_device(&state, user.id, (device_name, req.device_kind), now)?;
     match state.store.create_user(&user, Some(&device)).await {
         Err(StoreError::Conflict { .. }) => {
             return Err(ApiError::conflict(
@@ -126,7 +126,7 @@ pub async fn login(
         ));
     }
     let now = Timestamp::now();
-    let (device, refresh_token) = new_device(&state, user.id, device_name, now)?;
+    let (device, refresh_token) = new_device(&state, user.id, (device_name, req.device_kind), now)?;
     state.store.add_device(&device).await?;
     metrics::counter!(LOGINS, "result" => "ok").increment(1);
     let tokens = token_response(&state, user.id, device.device_id, refresh_token, now)?;
@@ -375,11 +375,12 @@ fn refresh_expiry(state: &AppState, now: Timestamp) -> Timestamp {
 fn new_device(
     state: &AppState,
     user: UserId,
-    name: String,
+    (name, kind): (String, DeviceKind),
     now: Timestamp,
 ) -> Result<(NewDevice, Secret), ApiError> {
     let (refresh_token, hash) = new_opaque(TokenKind::Refresh, user)?;
     let device = NewDevice {
+        kind,
         user_id: user,
         device_id: DeviceId::new(),
         name,

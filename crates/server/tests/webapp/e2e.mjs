@@ -92,6 +92,7 @@ await step("sign up, and the forms are what password managers expect", async () 
   await laptop.click("button[data-tab=devices]");
   await laptop.waitForSelector("#device-list");
   assert.match(await laptop.textContent("#device-list"), /Web · Chrome/);
+  assert.match(await laptop.textContent("#device-list li[data-kind=browser]"), /browser/);
   await shoot(laptop, "devices");
 });
 
@@ -139,6 +140,11 @@ await step("an app password comes with the exact NextChat settings, and they wor
   const plain = await settings("plain-dav");
   const got = await fetch(`${plain["WebDAV Endpoint"]}chatgpt-next-web/backup.json`, { headers: { authorization: auth } });
   assert.match(await got.text(), /Hello from the web test/);
+  // The NextChat is listed among the devices, with its last use.
+  await laptop.click("button[data-tab=devices]");
+  const listed = await laptop.textContent("#device-list li[data-kind=app-password]");
+  assert.match(listed, /NextChat laptop/);
+  assert.doesNotMatch(listed, /Last used: never/);
 });
 
 await step("sync settings switch, and the account page", async () => {
