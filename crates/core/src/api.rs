@@ -408,6 +408,10 @@ pub struct SnapshotView {
     pub created_at: Timestamp,
     /// `webdav`, `upstash` or `import`.
     pub source: String,
+    /// The label of the app password (the NextChat installation) that uploaded it; absent for
+    /// imports and once that app password is deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device: Option<String>,
     /// Size of the state's JSON.
     pub bytes: i64,
     pub sessions: i64,

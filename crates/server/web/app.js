@@ -954,7 +954,7 @@ async function showBackups(content) {
         h("div", { class: "item-main" },
           h("div", { class: "item-title" }, when(snap.created_at)),
           h("div", { class: "muted" }, t("snapshotLine", {
-            source: snap.source, sessions: snap.sessions, messages: snap.messages, size: size(snap.bytes),
+            source: snap.device ?? snap.source, sessions: snap.sessions, messages: snap.messages, size: size(snap.bytes),
           }))),
         h("button", {
           type: "button", "data-action": "restore",

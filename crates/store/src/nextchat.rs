@@ -9,7 +9,7 @@
 use crate::StoreError;
 use crate::sync::{Applied, ApplyError};
 use async_trait::async_trait;
-use nextsync_core::ids::{SnapshotId, UserId};
+use nextsync_core::ids::{AppPasswordId, SnapshotId, UserId};
 use nextsync_core::push::{Mutation, RecordKey};
 use nextsync_core::sync::RawRecord;
 use nextsync_core::time::Timestamp;
@@ -72,6 +72,10 @@ pub struct SnapshotInfo {
     pub bytes: i64,
     pub sessions: i64,
     pub messages: i64,
+    /// The app password whose upload this is (`None`: an import or a restore).
+    pub app_password: Option<AppPasswordId>,
+    /// That app password's label when listed (`None` once it is deleted).
+    pub device: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -202,12 +206,14 @@ pub(crate) const UPSERT_SECRET: &str = "INSERT INTO nextchat_secrets (user_id, p
 pub(crate) const NEWEST_DIGEST: &str = "SELECT digest FROM nextchat_snapshots WHERE user_id = $1 \
      ORDER BY snapshot_id DESC LIMIT 1";
 pub(crate) const INSERT_SNAPSHOT: &str = "INSERT INTO nextchat_snapshots \
-     (user_id, snapshot_id, created_at, source, bytes, sessions, messages, digest, body) \
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+     (user_id, snapshot_id, created_at, source, bytes, sessions, messages, digest, body, app_password_id) \
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 pub(crate) const PRUNE_SNAPSHOTS: &str = "DELETE FROM nextchat_snapshots WHERE user_id = $1 AND snapshot_id NOT IN \
      (SELECT snapshot_id FROM nextchat_snapshots WHERE user_id = $1 ORDER BY snapshot_id DESC LIMIT $2)";
-pub(crate) const SELECT_SNAPSHOTS: &str = "SELECT snapshot_id, created_at, source, bytes, sessions, messages \
-     FROM nextchat_snapshots WHERE user_id = $1 ORDER BY snapshot_id DESC";
+pub(crate) const SELECT_SNAPSHOTS: &str = "SELECT s.snapshot_id, s.created_at, s.source, s.bytes, s.sessions, \
+     s.messages, s.app_password_id, a.label FROM nextchat_snapshots s LEFT JOIN app_passwords a \
+     ON a.user_id = s.user_id AND a.app_password_id = s.app_password_id \
+     WHERE s.user_id = $1 ORDER BY s.snapshot_id DESC";
 pub(crate) const SELECT_SNAPSHOT_BODY: &str =
     "SELECT body FROM nextchat_snapshots WHERE user_id = $1 AND snapshot_id = $2";
 pub(crate) const STAGE_CHUNK: &str = "INSERT INTO nextchat_staging (user_id, name, chunk, bytes, sealed, updated_at) \
@@ -406,6 +412,7 @@ macro_rules! impl_nextchat_store {
                             .bind(info.messages)
                             .bind(&snapshot.digest)
                             .bind(&snapshot.body)
+                            .bind(info.app_password.map(|id| *id.as_uuid()))
                             .execute(&mut *tx.0)
                             .await?;
                         sqlx::query(PRUNE_SNAPSHOTS)
@@ -445,6 +452,10 @@ macro_rules! impl_nextchat_store {
                             bytes: row.try_get("bytes")?,
                             sessions: row.try_get("sessions")?,
                             messages: row.try_get("messages")?,
+                            app_password: row
+                                .try_get::<Option<uuid::Uuid>, _>("app_password_id")?
+                                .map(nextsync_core::ids::AppPasswordId::from_uuid),
+                            device: row.try_get("label")?,
                         })
                     })
                     .collect()

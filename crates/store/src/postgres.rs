@@ -59,6 +59,11 @@ fn migrator() -> Migrator {
             "device_kind",
             include_str!("../migrations/postgres/0007_device_kind.sql"),
         ),
+        migration(
+            8,
+            "snapshot_device",
+            include_str!("../migrations/postgres/0008_snapshot_device.sql"),
+        ),
     ])
 }
 

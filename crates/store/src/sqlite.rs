@@ -69,6 +69,11 @@ fn migrator() -> Migrator {
             "device_kind",
             include_str!("../migrations/sqlite/0007_device_kind.sql"),
         ),
+        migration(
+            8,
+            "snapshot_device",
+            include_str!("../migrations/sqlite/0008_snapshot_device.sql"),
+        ),
     ])
 }
 

@@ -230,7 +230,11 @@ struct Prepared {
     snapshot: Option<NewSnapshot>,
 }
 
-fn prepare(mut state: Value, source: Source) -> Result<Prepared, ApiError> {
+fn prepare(
+    mut state: Value,
+    source: Source,
+    credential: Option<AppPasswordId>,
+) -> Result<Prepared, ApiError> {
     nextchat::sanitize(&mut state);
     let secrets = take_secrets(&mut state);
     let json = serde_json::to_vec(&state).map_err(ApiError::internal)?;
@@ -247,6 +251,8 @@ fn prepare(mut state: Value, source: Source) -> Result<Prepared, ApiError> {
             bytes,
             sessions: backup.sessions.len() as i64,
             messages: backup.message_count() as i64,
+            app_password: credential,
+            device: None,
         },
         digest,
         body: compressed.clone(),
@@ -283,7 +289,7 @@ pub(crate) async fn merge_upload(
         secrets: taken,
         compressed,
         snapshot,
-    } = tokio::task::spawn_blocking(move || prepare(upload, source)).await??;
+    } = tokio::task::spawn_blocking(move || prepare(upload, source, credential)).await??;
     let mut backup = Some(backup);
     let account = state.store.nextchat_account(user).await?;
     let secrets = if account.sync_secrets {
@@ -452,6 +458,7 @@ pub async fn list_snapshots(
             snapshot_id: s.id,
             created_at: s.created_at,
             source: s.source,
+            device: s.device,
             bytes: s.bytes,
             sessions: s.sessions,
             messages: s.messages,

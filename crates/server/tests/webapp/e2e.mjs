@@ -201,7 +201,7 @@ await step("backups: restore brings back a deleted conversation; export and impo
   assert.equal((await api("DELETE", "/v1/records/sessions/s1")).status, 200);
   await laptop.click("button[data-tab=backups]");
   await laptop.waitForSelector("#snapshot-list li");
-  assert.match(await laptop.textContent("#snapshot-list"), /1 conversations, 1 messages/);
+  assert.match(await laptop.textContent("#snapshot-list"), /from NextChat laptop · 1 conversations, 1 messages/);
   await shoot(laptop, "backups");
   laptop.once("dialog", (dialog) => {
     assert.match(dialog.message(), /1 conversations and 1 messages/);
