@@ -50,6 +50,10 @@ pub struct Config {
     /// Not a setting (tests shorten it).
     #[serde(skip)]
     pub ws_send_timeout: Duration,
+    /// How long a small request body (read before routing, see `edge`) may take to arrive.
+    /// Not a setting (tests shorten it).
+    #[serde(skip)]
+    pub body_read_timeout: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -133,6 +137,7 @@ impl Config {
             secrets_key: None,
             sync_limits: SyncLimits::default(),
             ws_send_timeout: Duration::from_secs(30),
+            body_read_timeout: Duration::from_secs(30),
         }
     }
 

@@ -13,8 +13,10 @@
 //!   [`EmptyOnPurpose`] and is left alone.
 
 use crate::error::ApiError;
+use crate::state::AppState;
 use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::Request;
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -38,7 +40,7 @@ pub fn empty_on_purpose(status: StatusCode) -> Response {
     response
 }
 
-pub async fn edge(request: Request, next: Next) -> Response {
+pub async fn edge(State(state): State<AppState>, request: Request, next: Next) -> Response {
     let upstash = request.uri().path().contains("/api/upstash/");
     let (parts, body) = request.into_parts();
     let length = parts
@@ -49,14 +51,29 @@ pub async fn edge(request: Request, next: Next) -> Response {
     let read = Arc::new(AtomicBool::new(body.is_end_stream()));
     let body = match length {
         Some(n) if n > 0 && n <= DRAIN_BYTES => {
-            match axum::body::to_bytes(body, DRAIN_BYTES as usize).await {
-                Ok(bytes) => {
+            // The request timeout is an inner layer: without this deadline a client announcing
+            // a small body and never sending it would hold its connection for good.
+            let deadline = state.config.body_read_timeout;
+            match tokio::time::timeout(deadline, axum::body::to_bytes(body, DRAIN_BYTES as usize)).await {
+                Ok(Ok(bytes)) => {
                     read.store(true, Ordering::Relaxed);
                     Body::from(bytes)
                 }
-                Err(_) => {
+                Ok(Err(_)) => {
                     return ApiError::bad_request("incomplete_body", "the request body ended early")
                         .into_response();
+                }
+                Err(_) => {
+                    let mut response = ApiError::new(
+                        StatusCode::REQUEST_TIMEOUT,
+                        "request_timeout",
+                        "the request body did not arrive in time",
+                    )
+                    .into_response();
+                    response
+                        .headers_mut()
+                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    return response;
                 }
             }
         }

@@ -31,6 +31,7 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 pub fn app(state: AppState) -> Router {
     let body_limit = state.config.max_body_bytes;
     let prefix: Arc<str> = state.config.path_prefix().into();
+    let edge_state = state.clone();
     let api = Router::new()
         .merge(auth::router())
         .merge(account::router())
@@ -69,7 +70,7 @@ pub fn app(state: AppState) -> Router {
         .layer(middleware::map_request(move |request| {
             std::future::ready(normalize_path(&prefix, request))
         }))
-        .layer(middleware::from_fn(edge::edge))
+        .layer(middleware::from_fn_with_state(edge_state, edge::edge))
 }
 
 /// Responses under 512 B go out as they are: a compressor's context costs more to set up

@@ -326,6 +326,33 @@ async fn unread_request_bodies_do_not_break_the_next_request() {
     );
 }
 
+/// A client that announces a small body and never sends it gets a 408 and the connection
+/// back, instead of holding it forever (small bodies are read before the request timeout's
+/// layer).
+#[tokio::test]
+async fn a_body_that_never_arrives_times_out() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let db = TestDb::sqlite();
+    let mut config = db.config();
+    config.body_read_timeout = Duration::from_millis(500);
+    let server = TestServer::start(config).await;
+    let mut stream = tokio::net::TcpStream::connect(server.addr)
+        .await
+        .expect("connect");
+    stream
+        .write_all(b"POST /v1/auth/login HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"email\"")
+        .await
+        .expect("write");
+    let mut answer = vec![0u8; 2048];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("an answer in time")
+        .expect("read");
+    let answer = String::from_utf8_lossy(&answer[..n]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 408"), "{answer}");
+    assert!(answer.contains("request_timeout"), "{answer}");
+}
+
 #[tokio::test]
 async fn bodies_travel_compressed_both_ways() {
     let db = TestDb::sqlite();
