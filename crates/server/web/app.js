@@ -153,7 +153,7 @@ function applyChanges(changes) {
     if (change.deleted) records.delete(key);
     else records.set(key, change);
   }
-  changesArrived(changes);
+  onChanges?.(changes);
 }
 
 function connectSocket() {
@@ -424,10 +424,6 @@ async function startApp() {
 
 /** Called with the changes of each frame or poll of the live feed: the open tab may redraw. */
 let onChanges = null;
-
-function changesArrived(changes) {
-  if (onChanges) onChanges(changes);
-}
 
 async function showTab(id) {
   const [, label, render] = TABS.find(([tab]) => tab === id);

@@ -15,7 +15,7 @@
 
 use super::downloads::DoorKey;
 use super::seal::staging_place;
-use super::{Source, download, merge_upload};
+use super::{Source, download, merge_upload, parse_state, read_body, too_large};
 use crate::auth::AppPasswordUser;
 use crate::error::ApiError;
 use crate::state::AppState;
@@ -142,13 +142,7 @@ async fn get(state: &AppState, auth: AppPasswordUser, key: Key) -> Result<Respon
 
 async fn set(state: &AppState, auth: AppPasswordUser, key: Key, body: Body) -> Result<Response, ApiError> {
     let limit = state.config.nextchat_max_upload_bytes;
-    let bytes: Bytes = axum::body::to_bytes(body, limit).await.map_err(|_| {
-        ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
-            "payload_too_large",
-            format!("a value may be at most {limit} bytes"),
-        )
-    })?;
+    let bytes = read_body(body, limit).await?;
     let text = std::str::from_utf8(&bytes)
         .map_err(|_| ApiError::bad_request("invalid_value", "values are UTF-8 text"))?;
     match key {
@@ -192,13 +186,6 @@ async fn set(state: &AppState, auth: AppPasswordUser, key: Key, body: Body) -> R
                         format!("the chunk count is a number from 1 to {MAX_CHUNKS}"),
                     )
                 })?;
-            let too_large = || {
-                ApiError::new(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "payload_too_large",
-                    format!("a NextChat state may be at most {limit} bytes; nothing was changed"),
-                )
-            };
             // Staging holds at most one upload's worth per account, checked as it came in.
             let _turn = state.nextchat.upload_turn(auth.user, limit).await?;
             let max_bytes = i64::try_from(limit).unwrap_or(i64::MAX);
@@ -208,7 +195,7 @@ async fn set(state: &AppState, auth: AppPasswordUser, key: Key, body: Body) -> R
                 .await?
             {
                 StagedChunks::Chunks(chunks) => chunks,
-                StagedChunks::TooLarge { .. } => return Err(too_large()),
+                StagedChunks::TooLarge { .. } => return Err(too_large(limit)),
             };
             let mut joined = Vec::new();
             for (index, chunk) in (0..).zip(chunks) {
@@ -229,17 +216,10 @@ async fn set(state: &AppState, auth: AppPasswordUser, key: Key, body: Body) -> R
                 }
                 joined.extend_from_slice(&chunk);
                 if joined.len() > limit {
-                    return Err(too_large());
+                    return Err(too_large(limit));
                 }
             }
-            let upload = tokio::task::spawn_blocking(move || serde_json::from_slice::<Value>(&joined))
-                .await?
-                .map_err(|e| {
-                    ApiError::bad_request(
-                        "invalid_nextchat_state",
-                        format!("the staged chunks do not form a NextChat state ({e}); nothing was changed"),
-                    )
-                })?;
+            let upload = parse_state(Bytes::from(joined)).await?;
             merge_upload(
                 state,
                 auth.user,
