@@ -161,6 +161,7 @@ impl<'de> Deserialize<'de> for Hlc {
     }
 }
 
+#[cfg(feature = "openapi")]
 impl utoipa::PartialSchema for Hlc {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         utoipa::openapi::ObjectBuilder::new()
@@ -171,6 +172,7 @@ impl utoipa::PartialSchema for Hlc {
     }
 }
 
+#[cfg(feature = "openapi")]
 impl utoipa::ToSchema for Hlc {}
 
 /// A device's clock: issues strictly increasing stamps and moves past every stamp it has seen

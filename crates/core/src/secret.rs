@@ -2,12 +2,12 @@
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
-use utoipa::ToSchema;
 
 /// A string that must never reach a log: passwords and tokens. `Debug` prints a placeholder.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(transparent)]
-#[schema(value_type = String)]
+#[cfg_attr(feature = "openapi", schema(value_type = String))]
 pub struct Secret(String);
 
 impl Secret {

@@ -43,7 +43,8 @@ pub struct Write<'a> {
 }
 
 /// One side of a conflict: a value, or a deletion.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Side {
     pub value: Value,
     pub hlc: Hlc,
