@@ -1,0 +1,673 @@
+//! The nextsync client SDK: what a desktop wrapper, the CLI or a future NextChat plugin links
+//! to keep a person's records on the device and in step with the server.
+//!
+//! - [`replica`]: the local SQLite file: the server's state, the outbox of local writes, and
+//!   the merged view every read comes from. Reads never wait for the network; a write is on
+//!   disk before anything is sent.
+//! - [`http`]: the `/v1` API calls.
+//! - [`live`]: the background loop: the WebSocket feed, a long-poll fallback when sockets
+//!   are blocked, pushes of the outbox, token refresh, back-off.
+//! - [`nextchat`]: typed helpers for NextChat's collections.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), nextsync_client::Error> {
+//! use nextsync_client::{Client, Options};
+//! use nextsync_core::api::Secret;
+//! let client = Client::open("replica.sqlite3".as_ref(), Options::default())?;
+//! client.login("https://sync.example.org", "me@example.org", Secret::new("…")).await?;
+//! let mut fields = serde_json::Map::new();
+//! fields.insert("title".into(), "Trip plans".into());
+//! client.put("sessions", "s1", fields).await?; // returns at once, even offline
+//! let live = client.start(); // pushes, pulls and follows the feed until stopped
+//! # live.stop().await; Ok(()) }
+//! ```
+//!
+//! Convergence comes from the data, not from the transport: the view of a record is the
+//! CRDT merge of the server's last known state with this device's unsent writes, so whatever
+//! order answers arrive in, a replica whose outbox is empty and whose pull is at the head
+//! equals the server.
+
+pub mod error;
+pub mod http;
+pub mod live;
+pub mod nextchat;
+pub mod replica;
+
+pub use error::Error;
+pub use live::{Connection, Live};
+pub use replica::{Change, Order, Origin, Query, Record, Rejected};
+
+use http::Http;
+use nextsync_core::api::{Choice, ConflictView, ResolveRequest, Secret, TokenResponse};
+use nextsync_core::time::Timestamp;
+use replica::{Op, Pending, Replica};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::{Notify, broadcast, watch};
+
+/// At most this many mutations per push (the server's limit).
+pub const MAX_BATCH: usize = 1000;
+/// About this many bytes per push body, well under the server's default 16 MiB.
+pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+/// Records per pulled page.
+const PULL_PAGE: u32 = 500;
+/// An access token is renewed when it has less than this left.
+const RENEW_BEFORE_MS: u64 = 60_000;
+
+/// The wall clock, in Unix milliseconds; replaceable to test a device with a wrong clock.
+pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
+
+pub struct Options {
+    /// Shown in the server's device list.
+    pub device_name: String,
+    /// Stamps use this clock (the HLC keeps them ordered whatever it says).
+    pub clock: WallClock,
+    /// After the socket is found blocked, how long to long-poll before trying it again.
+    pub socket_retry: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            device_name: default_device_name(),
+            clock: Arc::new(system_ms),
+            socket_retry: Duration::from_secs(300),
+        }
+    }
+}
+
+impl std::fmt::Debug for Options {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Options")
+            .field("device_name", &self.device_name)
+            .field("socket_retry", &self.socket_retry)
+            .finish_non_exhaustive()
+    }
+}
+
+fn default_device_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty());
+    match host {
+        Some(host) => format!("nextsync CLI on {host}"),
+        None => "nextsync CLI".to_owned(),
+    }
+}
+
+pub(crate) fn system_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Who this replica belongs to, and the tokens to act as its device. Kept in the replica's
+/// `meta` (the file is the user's alone), so every process on the replica shares one device.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Session {
+    server: String,
+    email: String,
+    user_id: String,
+    device_id: String,
+    /// Absent once the device was signed out: the replica and its outbox stay.
+    #[serde(default)]
+    access_token: Option<Secret>,
+    #[serde(default)]
+    access_expires_ms: u64,
+    #[serde(default)]
+    refresh_token: Option<Secret>,
+}
+
+/// What [`Client::status`] reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub signed_in: bool,
+    pub server: Option<String>,
+    pub email: Option<String>,
+    pub device_id: Option<String>,
+    pub connection: Connection,
+    /// Local writes the server has not acknowledged yet.
+    pub outbox: u64,
+    /// Acknowledged writes the pull has not brought back yet.
+    pub unconfirmed: u64,
+    /// Writes the server refused, kept aside ([`Client::rejected`]).
+    pub rejected: u64,
+    /// Visible records in the replica.
+    pub records: u64,
+    /// When a push and pull last both completed (RFC 3339).
+    pub last_sync: Option<String>,
+}
+
+/// What one [`Client::sync`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct SyncReport {
+    pub pushed: u64,
+    pub pulled: u64,
+}
+
+/// How to settle a conflict.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    Keep,
+    TakeLost,
+    Value(Value),
+}
+
+/// A handle on one replica; cheap to clone, every clone is the same client.
+#[derive(Debug, Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+pub(crate) struct Inner {
+    replica: Replica,
+    lock_path: PathBuf,
+    options: Options,
+    session: Mutex<Option<Session>>,
+    http: Mutex<Option<Http>>,
+    changes: broadcast::Sender<Change>,
+    connection: watch::Sender<Connection>,
+    /// Poked by every local write, so the live loop pushes at once.
+    outbox_ready: Notify,
+    /// One push at a time per process (another process on the file may push too; the
+    /// server answers a repeated mutation id `duplicate`).
+    push_turn: tokio::sync::Mutex<()>,
+    refresh_turn: tokio::sync::Mutex<()>,
+}
+
+impl std::fmt::Debug for Inner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("lock_path", &self.lock_path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Client {
+    /// Opens (or creates) the replica at `path`. It is signed in if it holds a session.
+    pub fn open(path: &Path, options: Options) -> Result<Self, Error> {
+        let replica = Replica::open(path)?;
+        let session: Option<Session> = replica
+            .meta("session")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()?;
+        let http = session.as_ref().map(|s| Http::new(&s.server)).transpose()?;
+        let mut lock_path = path.as_os_str().to_owned();
+        lock_path.push(".lock");
+        let (changes, _) = broadcast::channel(1024);
+        let connection = if session.as_ref().is_some_and(|s| s.refresh_token.is_some()) {
+            Connection::Idle
+        } else {
+            Connection::SignedOut
+        };
+        Ok(Self {
+            inner: Arc::new(Inner {
+                replica,
+                lock_path: lock_path.into(),
+                options,
+                session: Mutex::new(session),
+                http: Mutex::new(http),
+                changes,
+                connection: watch::channel(connection).0,
+                outbox_ready: Notify::new(),
+                push_turn: tokio::sync::Mutex::new(()),
+                refresh_turn: tokio::sync::Mutex::new(()),
+            }),
+        })
+    }
+
+    /// Signs this replica's device in. A replica belongs to one account on one server: signing
+    /// in to another is refused (use another replica file).
+    pub async fn login(&self, server: &str, email: &str, password: Secret) -> Result<(), Error> {
+        let http = Http::new(server)?;
+        let previous = self.session();
+        if let Some(previous) = &previous
+            && previous.server.trim_end_matches('/') != http.base()
+        {
+            return Err(Error::Replica(format!(
+                "this replica belongs to {} at {}; use another one for {server}",
+                previous.email, previous.server
+            )));
+        }
+        let tokens = http
+            .login(email, password, &self.inner.options.device_name)
+            .await?;
+        if let Some(previous) = &previous
+            && previous.user_id != tokens.user_id.to_string()
+        {
+            let _ = http.logout(&tokens.access_token).await;
+            return Err(Error::Replica(format!(
+                "this replica belongs to {}; use another one for {email}",
+                previous.email
+            )));
+        }
+        let session = session_of(http.base(), email, &tokens);
+        self.save_session(&session)?;
+        *lock(&self.inner.http) = Some(http);
+        self.inner.connection.send_replace(Connection::Idle);
+        Ok(())
+    }
+
+    /// Signs the device out on the server (when reachable) and forgets its tokens. The
+    /// replica keeps its records and unsent writes for the next sign-in to the same account.
+    pub async fn logout(&self) -> Result<(), Error> {
+        let Some(mut session) = self.session() else {
+            return Ok(());
+        };
+        if let (Some(token), Ok(http)) = (&session.access_token, self.http()) {
+            match http.logout(token).await {
+                Ok(()) | Err(Error::Server { status: 401, .. }) => {}
+                Err(e) => tracing::warn!("could not sign out on the server: {e}"),
+            }
+        }
+        session.access_token = None;
+        session.refresh_token = None;
+        self.save_session(&session)?;
+        self.inner.connection.send_replace(Connection::SignedOut);
+        Ok(())
+    }
+
+    pub async fn get(&self, collection: &str, id: &str) -> Result<Option<Record>, Error> {
+        let (collection, id) = (collection.to_owned(), id.to_owned());
+        self.local(move |r| r.get(&collection, &id)).await
+    }
+
+    pub async fn list(&self, query: Query) -> Result<Vec<Record>, Error> {
+        self.local(move |r| r.list(&query)).await
+    }
+
+    /// Sets `fields` of a record (others stay as they are). Returns once the write is on disk;
+    /// the live loop or the next [`Client::sync`] sends it.
+    pub async fn put(&self, collection: &str, id: &str, fields: Map<String, Value>) -> Result<(), Error> {
+        if fields.is_empty() {
+            return Err(Error::Replica("a write needs at least one field".into()));
+        }
+        self.write(collection, id, Op::Upsert(fields)).await
+    }
+
+    pub async fn delete(&self, collection: &str, id: &str) -> Result<(), Error> {
+        self.write(collection, id, Op::Delete).await
+    }
+
+    async fn write(&self, collection: &str, id: &str, op: Op) -> Result<(), Error> {
+        validate_key(collection, id)?;
+        let node = self.session().ok_or(Error::NotSignedIn)?.device_id;
+        let now = (self.inner.options.clock)();
+        let (collection, id) = (collection.to_owned(), id.to_owned());
+        let change = self
+            .local(move |r| r.write(&collection, &id, op, &node, now))
+            .await?;
+        self.emit(change);
+        self.inner.outbox_ready.notify_one();
+        Ok(())
+    }
+
+    /// Every change to the replica's visible state, local and remote, as it is committed.
+    pub fn subscribe(&self) -> broadcast::Receiver<Change> {
+        self.inner.changes.subscribe()
+    }
+
+    /// The live loop's state, as it changes.
+    pub fn connection(&self) -> watch::Receiver<Connection> {
+        self.inner.connection.subscribe()
+    }
+
+    pub async fn status(&self) -> Result<Status, Error> {
+        let counts = self.local(|r| r.counts()).await?;
+        let last_sync = self.local(|r| r.meta("last_sync")).await?;
+        let session = self.session();
+        Ok(Status {
+            signed_in: session.as_ref().is_some_and(|s| s.refresh_token.is_some()),
+            server: session.as_ref().map(|s| s.server.clone()),
+            email: session.as_ref().map(|s| s.email.clone()),
+            device_id: session.map(|s| s.device_id),
+            connection: *self.inner.connection.borrow(),
+            outbox: counts.unsent,
+            unconfirmed: counts.unconfirmed,
+            rejected: counts.rejected,
+            records: counts.records,
+            last_sync: last_sync
+                .and_then(|ms| ms.parse::<i64>().ok())
+                .map(|ms| Timestamp::from_millis(ms).to_rfc3339()),
+        })
+    }
+
+    /// Writes the server refused, with its reasons.
+    pub async fn rejected(&self) -> Result<Vec<Rejected>, Error> {
+        self.local(|r| r.rejected()).await
+    }
+
+    /// One round: pushes the whole outbox, then pulls to the head (conflicts the pushes made
+    /// are kept as they come; [`Client::conflicts`] asks for the full list). Fails when the server cannot be reached (the local state is untouched).
+    pub async fn sync(&self) -> Result<SyncReport, Error> {
+        let pushed = self.push_outbox().await?;
+        let pulled = self.pull_to_head().await?;
+        let now = system_ms().to_string();
+        self.local(move |r| r.set_meta(&[("last_sync", Some(&now))]))
+            .await?;
+        Ok(SyncReport { pushed, pulled })
+    }
+
+    /// Conflicts to settle: the server's list when it can be reached, else the last one seen.
+    pub async fn conflicts(&self) -> Result<Vec<ConflictView>, Error> {
+        match self
+            .authed(|http, token| async move { http.conflicts(&token).await })
+            .await
+        {
+            Ok(list) => {
+                let kept = list.conflicts.clone();
+                self.local(move |r| r.replace_conflicts(&kept)).await?;
+                Ok(list.conflicts)
+            }
+            Err(e) if e.is_transient() => self.local(|r| r.conflicts()).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Settles a conflict on the server (needs the server), then pulls the result.
+    pub async fn resolve(&self, conflict_id: &str, resolution: Resolution) -> Result<(), Error> {
+        let body = match resolution {
+            Resolution::Keep => ResolveRequest {
+                choose: Some(Choice::Kept),
+                value: None,
+            },
+            Resolution::TakeLost => ResolveRequest {
+                choose: Some(Choice::Lost),
+                value: None,
+            },
+            Resolution::Value(value) => ResolveRequest {
+                choose: None,
+                value: Some(value),
+            },
+        };
+        let id = conflict_id.to_owned();
+        self.authed(|http, token| {
+            let (id, body) = (id.clone(), body.clone());
+            async move { http.resolve(&token, &id, &body).await }
+        })
+        .await?;
+        self.pull_to_head().await?;
+        let _ = self.conflicts().await;
+        Ok(())
+    }
+
+    /// Starts the live loop (socket, long-poll fallback, pushes) in the background.
+    pub fn start(&self) -> Live {
+        live::start(self.clone())
+    }
+
+    // ---- the parts the live loop shares ----
+
+    pub(crate) async fn local<T: Send + 'static>(
+        &self,
+        job: impl FnOnce(&Replica) -> Result<T, Error> + Send + 'static,
+    ) -> Result<T, Error> {
+        // A write waits for its fsync: keep that off the async threads.
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || job(&inner.replica))
+            .await
+            .map_err(|e| Error::Replica(format!("local task failed: {e}")))?
+    }
+
+    pub(crate) fn emit(&self, changes: impl IntoIterator<Item = Change>) {
+        for change in changes {
+            let _ = self.inner.changes.send(change);
+        }
+    }
+
+    fn session(&self) -> Option<Session> {
+        lock(&self.inner.session).clone()
+    }
+
+    fn save_session(&self, session: &Session) -> Result<(), Error> {
+        let text = serde_json::to_string(session)?;
+        self.inner.replica.set_meta(&[("session", Some(&text))])?;
+        *lock(&self.inner.session) = Some(session.clone());
+        Ok(())
+    }
+
+    fn http(&self) -> Result<Http, Error> {
+        lock(&self.inner.http).clone().ok_or(Error::NotSignedIn)
+    }
+
+    pub(crate) fn set_connection(&self, state: Connection) {
+        self.inner.connection.send_if_modified(|current| {
+            // Signed out stays signed out until a new sign-in.
+            let changed = *current != state && *current != Connection::SignedOut;
+            if changed {
+                *current = state;
+            }
+            changed
+        });
+    }
+
+    pub(crate) fn outbox_ready(&self) -> &Notify {
+        &self.inner.outbox_ready
+    }
+
+    pub(crate) fn options(&self) -> &Options {
+        &self.inner.options
+    }
+
+    pub(crate) fn socket_url(&self) -> Result<String, Error> {
+        Ok(self.http()?.socket_url())
+    }
+
+    /// A valid access token, renewed when it is about to expire.
+    pub(crate) async fn access_token(&self) -> Result<(Secret, u64), Error> {
+        let session = self.session().ok_or(Error::NotSignedIn)?;
+        match session.access_token {
+            Some(token) if session.access_expires_ms > system_ms() + RENEW_BEFORE_MS => {
+                Ok((token, session.access_expires_ms))
+            }
+            Some(_) => self.renew(session.access_token).await,
+            None => Err(self.signed_out("this device is signed out; sign in again")),
+        }
+    }
+
+    /// Renews the access token with the refresh token. `stale` is the token that stopped
+    /// working (or is expiring): if another task or process already replaced it, that newer
+    /// one is used. Refresh tokens are single-use and a reused one signs the device out, so
+    /// renewals take turns across processes under a lock file.
+    pub(crate) async fn renew(&self, stale: Option<Secret>) -> Result<(Secret, u64), Error> {
+        let _turn = self.inner.refresh_turn.lock().await;
+        let lock_path = self.inner.lock_path.clone();
+        let _file_lock = tokio::task::spawn_blocking(move || -> std::io::Result<std::fs::File> {
+            let file = std::fs::OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(&lock_path)?;
+            file.lock()?;
+            Ok(file)
+        })
+        .await
+        .map_err(|e| Error::Replica(format!("lock task failed: {e}")))?
+        .map_err(|e| Error::Replica(format!("locking {}: {e}", self.inner.lock_path.display())))?;
+
+        let stored: Option<Session> = self
+            .inner
+            .replica
+            .meta("session")?
+            .map(|text| serde_json::from_str(&text))
+            .transpose()?;
+        let mut session = stored.ok_or(Error::NotSignedIn)?;
+        if let Some(token) = &session.access_token
+            && session.access_token != stale
+            && session.access_expires_ms > system_ms() + RENEW_BEFORE_MS
+        {
+            *lock(&self.inner.session) = Some(session.clone());
+            return Ok((token.clone(), session.access_expires_ms));
+        }
+        let Some(refresh) = session.refresh_token.clone() else {
+            *lock(&self.inner.session) = Some(session);
+            return Err(self.signed_out("this device is signed out; sign in again"));
+        };
+        match self.http()?.refresh(refresh).await {
+            Ok(tokens) => {
+                session.access_token = Some(tokens.access_token.clone());
+                session.access_expires_ms = expiry_ms(&tokens);
+                session.refresh_token = tokens.refresh_token;
+                self.save_session(&session)?;
+                Ok((tokens.access_token, session.access_expires_ms))
+            }
+            Err(Error::Server {
+                status: 401, message, ..
+            }) => {
+                session.access_token = None;
+                session.refresh_token = None;
+                self.save_session(&session)?;
+                Err(self.signed_out(&message))
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    fn signed_out(&self, why: &str) -> Error {
+        self.inner.connection.send_replace(Connection::SignedOut);
+        Error::SignedOut(why.to_owned())
+    }
+
+    /// Runs `call` with a valid token; on a 401 renews the token once and tries again.
+    pub(crate) async fn authed<T, F, Fut>(&self, call: F) -> Result<T, Error>
+    where
+        F: Fn(Http, Secret) -> Fut,
+        Fut: Future<Output = Result<T, Error>>,
+    {
+        let http = self.http()?;
+        let (token, _) = self.access_token().await?;
+        match call(http.clone(), token.clone()).await {
+            Err(Error::Server { status: 401, .. }) => {
+                let (token, _) = self.renew(Some(token)).await?;
+                call(http, token).await
+            }
+            other => other,
+        }
+    }
+
+    /// Pushes every unsent write, in batches under the server's limits. A write the server
+    /// refuses (4xx) is moved aside with its reason, found by halving the batch, so one bad
+    /// write never blocks the ones behind it.
+    pub(crate) async fn push_outbox(&self) -> Result<u64, Error> {
+        let _turn = self.inner.push_turn.lock().await;
+        let mut pushed = 0;
+        loop {
+            let batch = self.local(|r| r.unsent(MAX_BATCH, MAX_BATCH_BYTES)).await?;
+            if batch.is_empty() {
+                return Ok(pushed);
+            }
+            pushed += self.push_batch(batch).await?;
+        }
+    }
+
+    fn push_batch(&self, batch: Vec<Pending>) -> futures::future::BoxFuture<'_, Result<u64, Error>> {
+        Box::pin(async move {
+            let mutations: Vec<_> = batch.iter().map(|p| p.mutation.clone()).collect();
+            let answer = self
+                .authed(|http, token| {
+                    let mutations = mutations.clone();
+                    async move { http.push(&token, mutations).await }
+                })
+                .await;
+            match answer {
+                Ok(response) => {
+                    let changes = self
+                        .local(move |r| r.acknowledge(&response.results, &response.conflicts))
+                        .await?;
+                    self.emit(changes);
+                    Ok(batch.len() as u64)
+                }
+                Err(Error::Server {
+                    status,
+                    code,
+                    message,
+                }) if refused(status) => {
+                    if let [single] = batch.as_slice() {
+                        let id = single.mutation.mutation_id.clone();
+                        tracing::warn!(mutation = %id, code, "the server refused a write: {message}");
+                        let now = system_ms();
+                        let changes = self.local(move |r| r.reject(&id, &code, &message, now)).await?;
+                        self.emit(changes);
+                        return Ok(0);
+                    }
+                    let mut first = batch;
+                    let second = first.split_off(first.len() / 2);
+                    Ok(self.push_batch(first).await? + self.push_batch(second).await?)
+                }
+                Err(e) => Err(e),
+            }
+        })
+    }
+
+    /// Pulls pages until the head. A cursor the server no longer knows (`resync_required`,
+    /// after a restore) starts a full pull that keeps the outbox.
+    pub(crate) async fn pull_to_head(&self) -> Result<u64, Error> {
+        let mut pulled = 0;
+        loop {
+            let since = self.local(|r| r.cursor()).await?;
+            let page = self
+                .authed(|http, token| {
+                    let since = since.clone();
+                    async move { http.pull(&token, since.as_deref(), PULL_PAGE, None).await }
+                })
+                .await;
+            match page {
+                Ok(page) => {
+                    pulled += page.changes.len() as u64;
+                    let complete = !page.has_more;
+                    let changes = self
+                        .local(move |r| r.apply_page(&page.changes, &page.cursor, complete))
+                        .await?;
+                    self.emit(changes);
+                    if complete {
+                        return Ok(pulled);
+                    }
+                }
+                Err(e) if needs_resync(&e) => {
+                    tracing::info!("the server asked for a full resync: {e}");
+                    self.local(|r| r.start_resync()).await?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
+/// A 4xx that names something wrong with what was sent (not auth, not "slow down").
+fn refused(status: u16) -> bool {
+    (400..500).contains(&status) && ![401, 408, 429].contains(&status)
+}
+
+pub(crate) fn needs_resync(e: &Error) -> bool {
+    matches!(e.code(), Some("resync_required" | "invalid_cursor"))
+}
+
+fn session_of(server: &str, email: &str, tokens: &TokenResponse) -> Session {
+    Session {
+        server: server.to_owned(),
+        email: email.to_owned(),
+        user_id: tokens.user_id.to_string(),
+        device_id: tokens.device_id.to_string(),
+        access_token: Some(tokens.access_token.clone()),
+        access_expires_ms: expiry_ms(tokens),
+        refresh_token: tokens.refresh_token.clone(),
+    }
+}
+
+fn expiry_ms(tokens: &TokenResponse) -> u64 {
+    system_ms() + tokens.expires_in * 1000
+}
+
+fn validate_key(collection: &str, id: &str) -> Result<(), Error> {
+    nextsync_core::push::validate_collection(collection)
+        .and_then(|()| nextsync_core::push::validate_record_id(id))
+        .map_err(|e| Error::Replica(e.message))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
