@@ -1,9 +1,12 @@
-//! `nextsync`: the server (`serve`), its schema (`migrate`) and operator tasks (`admin`).
+//! `nextsync`: the server (`serve`), its schema (`migrate`), operator tasks (`admin`), and the
+//! client (`login`, `sync`, `watch`, `get`, `put`, …).
 //!
 //! - [`settings`]: flags, `NEXTSYNC_…` variables and the TOML file, merged into one config.
 //! - [`admin`]: `nextsync admin user …`, working on the same store as the server.
+//! - [`client`]: the client commands, on the SDK's local replica.
 
 mod admin;
+mod client;
 mod settings;
 
 use anyhow::Context;
@@ -11,6 +14,7 @@ use clap::{Parser, Subcommand};
 use settings::Settings;
 use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::process::ExitCode;
 use tracing_subscriber::EnvFilter;
 
 #[derive(Debug, Parser)]
@@ -32,6 +36,8 @@ struct Cli {
         value_name = "text|json"
     )]
     log_format: LogFormat,
+    #[command(flatten)]
+    client: client::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -64,15 +70,26 @@ enum Command {
         #[command(subcommand)]
         command: admin::AdminCommand,
     },
+    #[command(flatten)]
+    Client(client::ClientCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     // One TLS crypto provider for the whole process (rustls, sqlx, lettre); must come first.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
     init_logging(cli.log_format);
-    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(run(cli))
+    let result = tokio::runtime::Runtime::new()
+        .context("starting the async runtime")
+        .and_then(|runtime| runtime.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // The chain of causes on one line, for people; never a backtrace.
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -109,7 +126,11 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 "nextsync is listening on {scheme}://{}",
                 listener.local_addr()?
             );
-            nextsync_server::serve(listener, state, nextsync_server::shutdown_signal()).await?;
+            let stop = async {
+                nextsync_server::shutdown_signal().await;
+                tracing::info!("shutdown requested; finishing in-flight requests");
+            };
+            nextsync_server::serve(listener, state, stop).await?;
             tracing::info!("stopped");
             Ok(())
         }
@@ -124,6 +145,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = settings.over(file).resolve()?;
             admin::run(config, command).await
         }
+        Command::Client(command) => client::run(cli.client, command).await,
     }
 }
 

@@ -555,11 +555,20 @@ impl Client {
     pub(crate) async fn push_outbox(&self) -> Result<u64, Error> {
         let _turn = self.inner.push_turn.lock().await;
         let mut pushed = 0;
+        let mut previous_head = None;
         loop {
             let batch = self.local(|r| r.unsent(MAX_BATCH, MAX_BATCH_BYTES)).await?;
-            if batch.is_empty() {
+            let Some(head) = batch.first().map(|p| p.mutation.mutation_id.clone()) else {
                 return Ok(pushed);
+            };
+            // Every push answer acknowledges or sets aside its batch's first write; meeting
+            // it again means the answer named other writes: stop rather than loop forever.
+            if previous_head.as_ref() == Some(&head) {
+                return Err(Error::Protocol(format!(
+                    "the server's answer did not acknowledge write {head}"
+                )));
             }
+            previous_head = Some(head);
             pushed += self.push_batch(batch).await?;
         }
     }

@@ -1,0 +1,306 @@
+//! The client commands as a person or a script runs them: real `nextsync` processes on their
+//! own replicas against a real server, killed with SIGKILL mid-push.
+
+use nextsync_client::{Client, Options};
+use nextsync_testkit::{Api, PASSWORD, TestDb, TestServer, eventually};
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::Duration;
+
+const BIN: &str = env!("CARGO_BIN_EXE_nextsync");
+
+/// `nextsync` on the profiles in `home`, with no other NEXTSYNC_ variable inherited.
+fn nextsync(home: &Path) -> Command {
+    let mut cmd = Command::new(BIN);
+    for (key, _) in std::env::vars() {
+        if key.starts_with("NEXTSYNC_") {
+            cmd.env_remove(key);
+        }
+    }
+    cmd.env("NEXTSYNC_CLIENT_HOME", home);
+    cmd
+}
+
+fn run(home: &Path, args: &[&str], stdin: Option<&str>) -> Output {
+    let mut child = nextsync(home)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn");
+    if let Some(input) = stdin {
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("stdin");
+    }
+    drop(child.stdin.take());
+    child.wait_with_output().expect("output")
+}
+
+/// Runs a command that must succeed; returns its stdout.
+fn ok(home: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let out = run(home, args, stdin);
+    assert!(
+        out.status.success(),
+        "nextsync {args:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn login(home: &Path, server: &str, email: &str) {
+    let password = format!("{PASSWORD}\n");
+    ok(
+        home,
+        &["login", "--server", server, "--email", email, "--password-stdin"],
+        Some(&password),
+    );
+}
+
+fn json_of(text: &str) -> Value {
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("not JSON ({e}): {text}"))
+}
+
+struct Watcher {
+    child: Child,
+    lines: std::sync::mpsc::Receiver<String>,
+}
+
+impl Watcher {
+    fn spawn(home: &Path) -> Self {
+        let mut child = nextsync(home)
+            .args(["watch", "--json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn watch");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Self { child, lines }
+    }
+
+    /// The next printed change of record `id`.
+    fn change_of(&self, id: &str, within: Duration) -> Option<Value> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.checked_duration_since(std::time::Instant::now())?;
+            let line = self.lines.recv_timeout(left).ok()?;
+            let change = json_of(&line);
+            if change["id"] == json!(id) {
+                return Some(change);
+            }
+        }
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_put_and_a_watch_in_another_process_sees_it() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    Api::new(&server).register("cli@example.org").await;
+    let laptop = tempfile::tempdir().expect("tempdir");
+    let phone = tempfile::tempdir().expect("tempdir");
+    login(laptop.path(), &server.base_url, "cli@example.org");
+    login(phone.path(), &server.base_url, "cli@example.org");
+
+    let watcher = Watcher::spawn(phone.path());
+    // The watch is live once the laptop's first write reaches it; retry that first one.
+    let first = eventually(Duration::from_secs(15), || async {
+        ok(
+            laptop.path(),
+            &["put", "sessions", "warmup", "--fields", r#"{"title":"w"}"#],
+            None,
+        );
+        watcher.change_of("warmup", Duration::from_millis(500))
+    })
+    .await;
+    assert!(first.is_some(), "the watch never printed a change");
+
+    ok(
+        laptop.path(),
+        &["put", "sessions", "s1", "--fields", r#"{"title":"Trip plans"}"#],
+        None,
+    );
+    let change = watcher
+        .change_of("s1", Duration::from_secs(5))
+        .expect("the watch prints the write");
+    assert_eq!(change["collection"], "sessions");
+    assert_eq!(change["fields"]["title"], "Trip plans");
+    assert_eq!(change["origin"], "remote");
+
+    ok(laptop.path(), &["delete", "sessions", "s1"], None);
+    let change = watcher
+        .change_of("s1", Duration::from_secs(5))
+        .expect("the delete");
+    assert_eq!(change["deleted"], json!(true));
+
+    // The watching profile's replica has it too, for `get`.
+    let got = run(phone.path(), &["get", "sessions", "warmup", "--json"], None);
+    assert!(got.status.success());
+    let record = json_of(&String::from_utf8_lossy(&got.stdout));
+    assert_eq!(
+        (record["collection"].clone(), record["id"].clone()),
+        (json!("sessions"), json!("warmup"))
+    );
+    assert_eq!(record["fields"]["title"], "w");
+    let missing = run(phone.path(), &["get", "sessions", "s1", "--json"], None);
+    assert!(!missing.status.success(), "a deleted record is not found");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_puts_queue_and_sync_says_when_the_server_is_unreachable() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    Api::new(&server).register("off@example.org").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    login(home.path(), &server.base_url, "off@example.org");
+    let addr = server.addr;
+    server.stop().await.expect("stop");
+
+    ok(
+        home.path(),
+        &["put", "notes", "n1", "--fields", r#"{"text":"offline"}"#],
+        None,
+    );
+    ok(home.path(), &["delete", "notes", "gone"], None);
+    let status = json_of(&ok(home.path(), &["status", "--json"], None));
+    assert_eq!(status["outbox"], 2);
+    assert_eq!(status["signed_in"], true);
+    let got = json_of(&ok(home.path(), &["get", "notes", "n1", "--json"], None));
+    assert_eq!(
+        (got["fields"]["text"].clone(), got["pending"].clone()),
+        (json!("offline"), json!(true))
+    );
+    let failed = run(home.path(), &["sync", "--json"], None);
+    assert!(!failed.status.success(), "sync must fail without a server");
+    assert!(String::from_utf8_lossy(&failed.stderr).contains("cannot reach the server"));
+
+    let mut config = db.config();
+    config.bind = addr;
+    let _server = TestServer::start(config).await;
+    let report = json_of(&ok(home.path(), &["sync", "--json"], None));
+    assert_eq!(
+        (report["pushed"].clone(), report["outbox"].clone()),
+        (json!(2), json!(0))
+    );
+
+    // Bad input is refused before anything is written.
+    let bad = run(home.path(), &["put", "notes", "n2", "--fields", "[1,2]"], None);
+    assert!(!bad.status.success());
+    let bad = run(home.path(), &["put", "Bad Name", "n2", "--fields", "{}"], None);
+    assert!(!bad.status.success());
+    let status = json_of(&ok(home.path(), &["status", "--json"], None));
+    assert_eq!(status["outbox"], 0);
+}
+
+/// The server's count of mutation ids it has applied (each id is stored once).
+fn applied_mutations(db: &TestDb) -> i64 {
+    let conn = rusqlite::Connection::open_with_flags(
+        db.config().sqlite_path(),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open the server's database");
+    conn.query_row("SELECT count(*) FROM applied_mutations", [], |r| r.get(0))
+        .expect("count")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_during_pushes_loses_nothing_and_sends_nothing_twice() {
+    const WRITES: usize = 3000;
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    Api::new(&server).register("kill@example.org").await;
+    let home = tempfile::tempdir().expect("tempdir");
+    login(home.path(), &server.base_url, "kill@example.org");
+
+    // A few thousand offline writes, straight into the profile's replica.
+    let replica = home.path().join("default").join("replica.sqlite3");
+    {
+        let client = Client::open(&replica, Options::default()).expect("open");
+        for n in 0..WRITES {
+            let mut fields = serde_json::Map::new();
+            fields.insert("n".into(), json!(n));
+            fields.insert("text".into(), json!("x".repeat(200)));
+            client
+                .put("notes", &format!("n{n:05}"), fields)
+                .await
+                .expect("put");
+        }
+    }
+
+    let mut kills = 0;
+    let mut seed = std::process::id() as u64;
+    for _ in 0..12 {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        let delay = Duration::from_millis(30 + (seed >> 33) % 400);
+        let mut child = nextsync(home.path())
+            .args(["sync"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sync");
+        tokio::time::sleep(delay).await;
+        if child.try_wait().expect("try_wait").is_none() {
+            child.kill().expect("SIGKILL");
+            kills += 1;
+        }
+        let _ = child.wait();
+    }
+    assert!(
+        kills >= 3,
+        "only {kills} syncs were killed mid-way; the test proved little"
+    );
+    ok(home.path(), &["sync"], None);
+
+    let status = json_of(&ok(home.path(), &["status", "--json"], None));
+    assert_eq!(
+        (status["outbox"].clone(), status["unconfirmed"].clone()),
+        (json!(0), json!(0))
+    );
+    assert_eq!(status["records"], json!(WRITES));
+    assert_eq!(
+        applied_mutations(&db),
+        WRITES as i64,
+        "every write applied exactly once, under its one mutation id"
+    );
+    // The replica equals the server, record for record.
+    let client = Client::open(&replica, Options::default()).expect("open");
+    let fresh = tempfile::tempdir().expect("tempdir");
+    login(fresh.path(), &server.base_url, "kill@example.org");
+    let other = Client::open(
+        &fresh.path().join("default").join("replica.sqlite3"),
+        Options::default(),
+    )
+    .expect("open");
+    let all = |c: Client| async move {
+        c.list(nextsync_client::Query::default())
+            .await
+            .expect("list")
+            .into_iter()
+            .map(|r| (r.id, r.fields))
+            .collect::<Vec<_>>()
+    };
+    let (mine, servers) = (all(client).await, all(other).await);
+    assert_eq!(mine.len(), WRITES);
+    assert_eq!(mine, servers);
+}
