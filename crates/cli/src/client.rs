@@ -8,7 +8,7 @@
 
 use anyhow::{Context, anyhow, bail};
 use clap::{Args, Subcommand};
-use nextsync_client::{Change, Client, Connection, Error, Options, Order, Query, Resolution};
+use nextsync_client::{Change, Client, Connection, Encryption, Error, Options, Order, Query, Resolution};
 use nextsync_core::api::Secret;
 use serde_json::{Map, Value, json};
 use std::io::{BufRead, Write};
@@ -98,12 +98,38 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+    /// End-to-end encryption of this account's values (opt-in; the server then holds only
+    /// ciphertext, and NextChat's own sync settings stop working for the account).
+    Encryption {
+        #[command(subcommand)]
+        action: EncryptionAction,
+    },
     /// List conflicts, or settle one.
     Conflicts {
         #[command(subcommand)]
         action: Option<ConflictAction>,
         #[arg(long)]
         json: bool,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum EncryptionAction {
+    /// Encrypt the account under a new passphrase (every record is written again).
+    Enable {
+        /// Read the passphrase from the first line of standard input.
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
+    /// Give this device the account's key with the passphrase.
+    Unlock {
+        #[arg(long)]
+        passphrase_stdin: bool,
+    },
+    /// Wrap the key under a new passphrase (stdin: the current one, then the new one).
+    ChangePassphrase {
+        #[arg(long)]
+        passphrase_stdin: bool,
     },
 }
 
@@ -168,7 +194,50 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> anyhow::Result<()>
             json,
         } => list(&client, collection, recent, limit, json).await,
         ClientCommand::Conflicts { action, json } => conflicts(&client, action, json).await,
+        ClientCommand::Encryption { action } => encryption(&client, action).await,
     }
+}
+
+async fn encryption(client: &Client, action: EncryptionAction) -> anyhow::Result<()> {
+    let mut stdin = std::io::stdin().lock();
+    let mut secret = |from_stdin: bool, prompt: &str| -> anyhow::Result<String> {
+        if from_stdin {
+            let mut line = String::new();
+            stdin.read_line(&mut line).context("reading the passphrase")?;
+            Ok(line.trim_end_matches(['\r', '\n']).to_owned())
+        } else {
+            rpassword::prompt_password(prompt).context("reading the passphrase")
+        }
+    };
+    match action {
+        EncryptionAction::Enable { passphrase_stdin } => {
+            let passphrase = secret(passphrase_stdin, "New passphrase: ")?;
+            if !passphrase_stdin && secret(false, "Again: ")? != passphrase {
+                bail!("the passphrases differ");
+            }
+            client.enable_encryption(&passphrase).await.map_err(explain)?;
+            eprintln!(
+                "end-to-end encryption is on: the server now holds ciphertext only. Keep the \
+                 passphrase safe: without it no new device can read this account."
+            );
+        }
+        EncryptionAction::Unlock { passphrase_stdin } => {
+            let passphrase = secret(passphrase_stdin, "Passphrase: ")?;
+            client.unlock(&passphrase).await.map_err(explain)?;
+            let report = client.sync().await.map_err(explain)?;
+            eprintln!("unlocked; pulled {} records", report.pulled);
+        }
+        EncryptionAction::ChangePassphrase { passphrase_stdin } => {
+            let current = secret(passphrase_stdin, "Current passphrase: ")?;
+            let new = secret(passphrase_stdin, "New passphrase: ")?;
+            if !passphrase_stdin && secret(false, "Again: ")? != new {
+                bail!("the passphrases differ");
+            }
+            client.change_passphrase(&current, &new).await.map_err(explain)?;
+            eprintln!("passphrase changed; other devices keep working");
+        }
+    }
+    Ok(())
 }
 
 fn profile_dir(args: &ClientArgs) -> anyhow::Result<PathBuf> {
@@ -329,6 +398,13 @@ async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         }
     }
     println!("last sync: {}", status.last_sync.as_deref().unwrap_or("never"));
+    match status.encryption {
+        Encryption::Off => {}
+        Encryption::On => println!("end-to-end encryption: on"),
+        Encryption::Locked => {
+            println!("end-to-end encryption: locked; run `nextsync encryption unlock`")
+        }
+    }
     Ok(())
 }
 
@@ -395,6 +471,7 @@ fn describe(state: Connection) -> &'static str {
         Connection::Polling => "live (long-polling: the WebSocket is blocked)",
         Connection::Offline => "offline, retrying",
         Connection::SignedOut => "signed out",
+        Connection::Locked => "locked: the account is end-to-end encrypted; run `nextsync encryption unlock`",
     }
 }
 

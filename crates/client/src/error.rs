@@ -32,8 +32,15 @@ pub enum Error {
     /// The server said something this client does not understand.
     #[error("unexpected answer from the server: {0}")]
     Protocol(String),
-    #[error("the client stopped")]
-    Stopped,
+    /// The account is end-to-end encrypted and this device does not hold its key yet.
+    #[error(
+        "this account is end-to-end encrypted; unlock it with the passphrase (`nextsync encryption unlock`)"
+    )]
+    Locked,
+    #[error("wrong passphrase")]
+    WrongPassphrase,
+    #[error("encryption: {0}")]
+    Crypto(String),
 }
 
 impl Error {

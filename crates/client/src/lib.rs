@@ -7,6 +7,7 @@
 //! - [`http`]: the `/v1` API calls.
 //! - [`live`]: the background loop: the WebSocket feed, a long-poll fallback when sockets
 //!   are blocked, pushes of the outbox, token refresh, back-off.
+//! - [`crypto`]: optional end-to-end encryption of field values (format: docs/E2EE.md).
 //! - [`nextchat`]: typed helpers for NextChat's collections.
 //!
 //! ```no_run
@@ -27,18 +28,21 @@
 //! order answers arrive in, a replica whose outbox is empty and whose pull is at the head
 //! equals the server.
 
+pub mod crypto;
 pub mod error;
 pub mod http;
 pub mod live;
 pub mod nextchat;
 pub mod replica;
 
+pub use crypto::KdfParams;
 pub use error::Error;
 pub use live::{Connection, Live};
 pub use replica::{Change, Order, Origin, Query, Record, Rejected};
 
+use crypto::{DataKey, KEYRING_ID, KEYS_COLLECTION};
 use http::Http;
-use nextsync_core::api::{Choice, ConflictView, ResolveRequest, Secret, TokenResponse};
+use nextsync_core::api::{Choice, ConflictView, RecordView, ResolveRequest, Secret, TokenResponse};
 use nextsync_core::time::Timestamp;
 use replica::{Op, Pending, Replica};
 use serde::{Deserialize, Serialize};
@@ -67,6 +71,9 @@ pub struct Options {
     pub clock: WallClock,
     /// After the socket is found blocked, how long to long-poll before trying it again.
     pub socket_retry: Duration,
+    /// The passphrase's Argon2id cost when this client enables encryption or changes the
+    /// passphrase (unlocking uses the cost stored with the keyring).
+    pub kdf: KdfParams,
 }
 
 impl Default for Options {
@@ -75,6 +82,7 @@ impl Default for Options {
             device_name: default_device_name(),
             clock: Arc::new(system_ms),
             socket_retry: Duration::from_secs(300),
+            kdf: KdfParams::default(),
         }
     }
 }
@@ -140,6 +148,17 @@ pub struct Status {
     pub records: u64,
     /// When a push and pull last both completed (RFC 3339).
     pub last_sync: Option<String>,
+    pub encryption: Encryption,
+}
+
+/// End-to-end encryption, as this replica knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encryption {
+    Off,
+    /// The account is encrypted and this device has not been given the passphrase.
+    Locked,
+    On,
 }
 
 /// What one [`Client::sync`] did.
@@ -169,6 +188,8 @@ pub(crate) struct Inner {
     options: Options,
     session: Mutex<Option<Session>>,
     http: Mutex<Option<Http>>,
+    /// The account's data key, once enabled or unlocked here.
+    key: Mutex<Option<DataKey>>,
     changes: broadcast::Sender<Change>,
     connection: watch::Sender<Connection>,
     /// Poked by every local write, so the live loop pushes at once.
@@ -196,6 +217,10 @@ impl Client {
             .map(|text| serde_json::from_str(&text))
             .transpose()?;
         let http = session.as_ref().map(|s| Http::new(&s.server)).transpose()?;
+        let key = replica
+            .meta("e2ee_key")?
+            .map(|k| DataKey::import(&k))
+            .transpose()?;
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
         let (changes, _) = broadcast::channel(1024);
@@ -211,6 +236,7 @@ impl Client {
                 options,
                 session: Mutex::new(session),
                 http: Mutex::new(http),
+                key: Mutex::new(key),
                 changes,
                 connection: watch::channel(connection).0,
                 outbox_ready: Notify::new(),
@@ -286,10 +312,12 @@ impl Client {
         if fields.is_empty() {
             return Err(Error::Replica("a write needs at least one field".into()));
         }
+        refuse_reserved(collection)?;
         self.write(collection, id, Op::Upsert(fields)).await
     }
 
     pub async fn delete(&self, collection: &str, id: &str) -> Result<(), Error> {
+        refuse_reserved(collection)?;
         self.write(collection, id, Op::Delete).await
     }
 
@@ -333,6 +361,7 @@ impl Client {
             last_sync: last_sync
                 .and_then(|ms| ms.parse::<i64>().ok())
                 .map(|ms| Timestamp::from_millis(ms).to_rfc3339()),
+            encryption: self.encryption()?,
         })
     }
 
@@ -398,6 +427,185 @@ impl Client {
     /// Starts the live loop (socket, long-poll fallback, pushes) in the background.
     pub fn start(&self) -> Live {
         live::start(self.clone())
+    }
+
+    // ---- end-to-end encryption ----
+
+    /// Whether this account's values are encrypted, and whether this device can read them.
+    pub fn encryption(&self) -> Result<Encryption, Error> {
+        Ok(match (self.key(), self.inner.replica.meta("e2ee")?) {
+            (Some(_), _) => Encryption::On,
+            (None, Some(_)) => Encryption::Locked,
+            (None, None) => Encryption::Off,
+        })
+    }
+
+    fn key(&self) -> Option<DataKey> {
+        lock(&self.inner.key).clone()
+    }
+
+    /// Turns on end-to-end encryption for the account: makes a data key, stores it wrapped
+    /// under `passphrase` in the keyring record, and writes every record again so the server
+    /// keeps only ciphertext. Needs the server (to be sure no other device enabled it first).
+    pub async fn enable_encryption(&self, passphrase: &str) -> Result<(), Error> {
+        check_passphrase(passphrase)?;
+        self.sync().await?;
+        if self.server_keyring().await?.is_some() {
+            return Err(Error::Crypto(
+                "encryption is already on for this account; unlock it with the passphrase".into(),
+            ));
+        }
+        let key = DataKey::generate()?;
+        let keyring = self.wrap(&key, passphrase).await?;
+        self.keep_key(&key)?;
+        self.write(KEYS_COLLECTION, KEYRING_ID, Op::Upsert(keyring))
+            .await?;
+        // Every record again, through the outbox: each goes out encrypted.
+        let records = self
+            .list(Query {
+                include_deleted: false,
+                ..Query::default()
+            })
+            .await?;
+        for record in records.into_iter().filter(|r| r.collection != KEYS_COLLECTION) {
+            self.write(&record.collection, &record.id, Op::Upsert(record.fields))
+                .await?;
+        }
+        self.sync().await?;
+        Ok(())
+    }
+
+    /// Gives this device the account's key: the passphrase unwraps it from the keyring.
+    pub async fn unlock(&self, passphrase: &str) -> Result<(), Error> {
+        let keyring = self
+            .server_keyring()
+            .await?
+            .ok_or_else(|| Error::Crypto("this account does not use end-to-end encryption".into()))?;
+        let passphrase = passphrase.to_owned();
+        let key = tokio::task::spawn_blocking(move || DataKey::unwrap(&keyring, &passphrase))
+            .await
+            .map_err(|e| Error::Crypto(format!("key task failed: {e}")))??;
+        self.keep_key(&key)?;
+        Ok(())
+    }
+
+    /// Wraps the same data key under a new passphrase (nothing is re-encrypted). The current
+    /// passphrase must unwrap the keyring as the server holds it.
+    pub async fn change_passphrase(&self, current: &str, new: &str) -> Result<(), Error> {
+        check_passphrase(new)?;
+        let keyring = self
+            .server_keyring()
+            .await?
+            .ok_or_else(|| Error::Crypto("this account does not use end-to-end encryption".into()))?;
+        let current = current.to_owned();
+        let key = tokio::task::spawn_blocking(move || DataKey::unwrap(&keyring, &current))
+            .await
+            .map_err(|e| Error::Crypto(format!("key task failed: {e}")))??;
+        let keyring = self.wrap(&key, new).await?;
+        self.keep_key(&key)?;
+        self.write(KEYS_COLLECTION, KEYRING_ID, Op::Upsert(keyring))
+            .await?;
+        self.push_outbox().await?;
+        Ok(())
+    }
+
+    async fn wrap(&self, key: &DataKey, passphrase: &str) -> Result<Map<String, Value>, Error> {
+        let (key, passphrase, params) = (key.clone(), passphrase.to_owned(), self.inner.options.kdf);
+        tokio::task::spawn_blocking(move || key.wrap(&passphrase, params))
+            .await
+            .map_err(|e| Error::Crypto(format!("key task failed: {e}")))?
+    }
+
+    fn keep_key(&self, key: &DataKey) -> Result<(), Error> {
+        self.inner
+            .replica
+            .set_meta(&[("e2ee_key", Some(&key.export())), ("e2ee", Some("on"))])?;
+        *lock(&self.inner.key) = Some(key.clone());
+        Ok(())
+    }
+
+    /// The keyring as the server holds it (read past the replica, which a locked device
+    /// cannot fill).
+    async fn server_keyring(&self) -> Result<Option<Map<String, Value>>, Error> {
+        let found = self
+            .authed(|http, token| async move { http.record(&token, KEYS_COLLECTION, KEYRING_ID).await })
+            .await;
+        match found {
+            Ok(record) if !record.deleted => Ok(Some(record.fields)),
+            Ok(_) | Err(Error::Server { status: 404, .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Encrypts the values of outgoing writes when the account is encrypted; refuses to send
+    /// anything in clear from a device that is locked out of an encrypted account.
+    fn seal_mutations(&self, mutations: &mut [nextsync_core::api::MutationIn]) -> Result<(), Error> {
+        let key = match (self.key(), self.inner.replica.meta("e2ee")?) {
+            (Some(key), _) => key,
+            (None, Some(_)) => return Err(Error::Locked),
+            (None, None) => return Ok(()),
+        };
+        for m in mutations.iter_mut().filter(|m| m.collection != KEYS_COLLECTION) {
+            if let Some(fields) = &mut m.fields {
+                key.encrypt_fields(&m.collection, &m.id, fields)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrypts a pulled page and stores it (one local transaction), then tells subscribers.
+    /// A page from an encrypted account that this device cannot read is not applied: the
+    /// cursor stays, and the pull resumes there once unlocked.
+    pub(crate) async fn apply_pulled(
+        &self,
+        mut changes: Vec<RecordView>,
+        cursor: String,
+        complete: bool,
+    ) -> Result<(), Error> {
+        let keyring = changes
+            .iter()
+            .find(|r| r.collection == KEYS_COLLECTION && r.id == KEYRING_ID && !r.deleted);
+        if let Some(keyring) = keyring {
+            let key_id = keyring
+                .fields
+                .get("key_id")
+                .and_then(Value::as_str)
+                .unwrap_or_default();
+            match self.key() {
+                Some(key) if key.id() != key_id => {
+                    // Another key was made for the account: what this device holds is useless.
+                    self.inner
+                        .replica
+                        .set_meta(&[("e2ee_key", None), ("e2ee", Some("on"))])?;
+                    *lock(&self.inner.key) = None;
+                    return Err(Error::Locked);
+                }
+                Some(_) => {}
+                None => {
+                    self.inner.replica.set_meta(&[("e2ee", Some("on"))])?;
+                    return Err(Error::Locked);
+                }
+            }
+        }
+        let encrypted = changes
+            .iter()
+            .any(|r| r.collection != KEYS_COLLECTION && r.fields.values().any(crypto::is_encrypted));
+        if encrypted || self.inner.replica.meta("e2ee")?.is_some() {
+            match self.key() {
+                Some(key) => {
+                    for view in changes.iter_mut().filter(|r| r.collection != KEYS_COLLECTION) {
+                        key.decrypt_fields(&view.collection, &view.id, &mut view.fields)?;
+                    }
+                }
+                None if encrypted => return Err(Error::Locked),
+                None => {}
+            }
+        }
+        let changes = self
+            .local(move |r| r.apply_page(&changes, &cursor, complete))
+            .await?;
+        self.emit(changes);
+        Ok(())
     }
 
     // ---- the parts the live loop shares ----
@@ -575,7 +783,8 @@ impl Client {
 
     fn push_batch(&self, batch: Vec<Pending>) -> futures::future::BoxFuture<'_, Result<u64, Error>> {
         Box::pin(async move {
-            let mutations: Vec<_> = batch.iter().map(|p| p.mutation.clone()).collect();
+            let mut mutations: Vec<_> = batch.iter().map(|p| p.mutation.clone()).collect();
+            self.seal_mutations(&mut mutations)?;
             let answer = self
                 .authed(|http, token| {
                     let mutations = mutations.clone();
@@ -628,10 +837,7 @@ impl Client {
                 Ok(page) => {
                     pulled += page.changes.len() as u64;
                     let complete = !page.has_more;
-                    let changes = self
-                        .local(move |r| r.apply_page(&page.changes, &page.cursor, complete))
-                        .await?;
-                    self.emit(changes);
+                    self.apply_pulled(page.changes, page.cursor, complete).await?;
                     if complete {
                         return Ok(pulled);
                     }
@@ -644,6 +850,23 @@ impl Client {
             }
         }
     }
+}
+
+/// The keyring's collection is written only by the encryption calls.
+fn refuse_reserved(collection: &str) -> Result<(), Error> {
+    if collection == KEYS_COLLECTION {
+        return Err(Error::Replica(format!(
+            "{KEYS_COLLECTION} is reserved for the encryption keyring"
+        )));
+    }
+    Ok(())
+}
+
+fn check_passphrase(passphrase: &str) -> Result<(), Error> {
+    if passphrase.chars().count() < 8 {
+        return Err(Error::Crypto("a passphrase needs at least 8 characters".into()));
+    }
+    Ok(())
 }
 
 /// A 4xx that names something wrong with what was sent (not auth, not "slow down").

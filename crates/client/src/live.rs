@@ -41,6 +41,9 @@ pub enum Connection {
     Offline,
     /// The device was signed out or removed: sign in again.
     SignedOut,
+    /// The account is end-to-end encrypted and this device has not been unlocked: local
+    /// writes wait, nothing is sent in clear; retrying.
+    Locked,
 }
 
 const LONG_POLL: Duration = Duration::from_secs(25);
@@ -119,6 +122,13 @@ async fn run(client: Client, mut stop: watch::Receiver<bool>) {
                 Error::SignedOut(_) | Error::NotSignedIn => {
                     client.set_connection(Connection::SignedOut);
                     return;
+                }
+                Error::Locked => {
+                    client.set_connection(Connection::Locked);
+                    if wait(&mut stop, backoff.next()).await {
+                        return;
+                    }
+                    continue;
                 }
                 e => {
                     tracing::debug!("catching up failed: {e}");
@@ -275,9 +285,8 @@ async fn follow_socket(client: &Client, stop: &mut watch::Receiver<bool>) -> Out
                 match frame {
                     ServerFrame::Welcome { .. } => client.set_connection(Connection::Live),
                     ServerFrame::Changes { changes, cursor } => {
-                        match client.local(move |r| r.apply_page(&changes, &cursor, false)).await {
-                            Ok(changes) => client.emit(changes),
-                            Err(e) => return Outcome::Offline(e),
+                        if let Err(e) = client.apply_pulled(changes, cursor, false).await {
+                            return outcome_of(client, e).await;
                         }
                     }
                     ServerFrame::Error { code, message } => {
@@ -362,10 +371,8 @@ async fn follow_polls(client: &Client, stop: &mut watch::Receiver<bool>, until: 
             page = poll => match page {
                 Ok(page) => {
                     client.set_connection(Connection::Polling);
-                    let complete = !page.has_more;
-                    match client.local(move |r| r.apply_page(&page.changes, &page.cursor, complete)).await {
-                        Ok(changes) => client.emit(changes),
-                        Err(e) => return Outcome::Offline(e),
+                    if let Err(e) = client.apply_pulled(page.changes, page.cursor, !page.has_more).await {
+                        return outcome_of(client, e).await;
                     }
                     let unsent = client.local(|r| r.counts()).await.map(|c| c.unsent).unwrap_or(0);
                     if unsent > 0 && let Err(e) = client.push_outbox().await {

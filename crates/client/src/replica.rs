@@ -20,6 +20,7 @@
 use crate::error::Error;
 use nextsync_core::api::{ConflictView, MutationIn, MutationResult, OpName, RecordView};
 use nextsync_core::cursor::Cursor;
+use nextsync_core::e2ee::KEYS_COLLECTION;
 use nextsync_core::hlc::{Hlc, HlcClock};
 use nextsync_core::ids::Seq;
 use nextsync_core::record::{Field, Record as Crdt};
@@ -278,12 +279,15 @@ impl Replica {
         };
         let sql = format!(
             "SELECT collection, id, fields, deleted, seq, pending, updated FROM records
-             WHERE (?1 IS NULL OR collection = ?1) AND (?2 OR deleted = 0)
+             WHERE (?1 IS NULL AND collection <> ?4 OR collection = ?1)
+               AND (?2 OR deleted = 0)
              ORDER BY {order} LIMIT ?3"
         );
         let mut stmt = conn.prepare(&sql)?;
         let limit = query.limit.map_or(-1, i64::from);
-        let rows = stmt.query_map(params![query.collection, query.include_deleted, limit], view_row)?;
+        // The keyring is the SDK's business, not one of the user's records.
+        let params = params![query.collection, query.include_deleted, limit, KEYS_COLLECTION];
+        let rows = stmt.query_map(params, view_row)?;
         rows.map(|row| row?.into_record()).collect()
     }
 
@@ -489,8 +493,8 @@ impl Replica {
             "SELECT (SELECT count(*) FROM outbox WHERE acked_seq IS NULL),
                     (SELECT count(*) FROM outbox WHERE acked_seq IS NOT NULL),
                     (SELECT count(*) FROM rejected),
-                    (SELECT count(*) FROM records WHERE deleted = 0)",
-            [],
+                    (SELECT count(*) FROM records WHERE deleted = 0 AND collection <> ?1)",
+            [KEYS_COLLECTION],
             |r| {
                 Ok(Counts {
                     unsent: r.get::<_, i64>(0)? as u64,

@@ -11,7 +11,7 @@ use nextsync_testkit::{Api, PASSWORD, TestDb, TestServer};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 const CLIENTS: usize = 4;
 const RECORDS: u64 = 5;
@@ -86,7 +86,7 @@ async fn replicas_converge_under_random_offline_schedules_and_skewed_clocks() {
         let options = Options {
             device_name: format!("device {i}"),
             clock,
-            socket_retry: Duration::from_secs(300),
+            ..Options::default()
         };
         let client = Client::open(&dir.path().join("replica.sqlite3"), options).expect("open");
         client

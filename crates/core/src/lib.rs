@@ -8,6 +8,7 @@
 //! - [`record`]: records as a per-field LWW CRDT with tombstones, and their merge.
 //! - [`sync`]: applying one write to a stored record: seqs and conflicts.
 //! - [`cursor`]: the opaque feed cursor with its epoch.
+//! - [`e2ee`]: the reserved keyring record of end-to-end encrypted accounts.
 //! - [`push`]: validating a push and planning it (seqs, duplicates, preconditions).
 //! - [`nextchat`]: NextChat's synced state taken apart into records and rendered back.
 //! - [`api`]: JSON bodies of the `/v1` wire protocol (the OpenAPI document is derived from them).
@@ -15,6 +16,7 @@
 pub mod account;
 pub mod api;
 pub mod cursor;
+pub mod e2ee;
 pub mod hlc;
 pub mod ids;
 pub mod nextchat;

@@ -881,6 +881,16 @@ async function showAppPasswords(content) {
   passwordField,
   error,
   h("div", { class: "row" }, h("button", { class: "primary", type: "submit" }, t("create"))));
+  // An end-to-end encrypted account's values are ciphertext NextChat cannot read: its sync
+  // fails on purpose, and the page says why.
+  const encrypted = await request("GET", "v1/records/nextsync-keys/keyring").then(
+    (keyring) => !keyring.deleted,
+    (err) => { if (err.status === 404) return false; throw err; });
+  if (encrypted) {
+    content.append(h("section", { class: "card", id: "e2ee-notice" },
+      h("h2", {}, t("e2eeTitle")),
+      h("p", { class: "error" }, t("e2eeNextchat"))));
+  }
   content.append(
     h("section", { class: "card" },
       h("h1", {}, t("appPasswordsTitle")),

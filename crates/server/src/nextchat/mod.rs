@@ -32,12 +32,13 @@ use axum::routing::{get, post};
 use nextsync_core::api::{
     ErrorBody, MergeSummary, NextChatSettings, NextChatSettingsUpdate, SnapshotList, SnapshotView,
 };
+use nextsync_core::e2ee::{KEYRING_ID, KEYS_COLLECTION};
 use nextsync_core::ids::{AppPasswordId, SnapshotId, UserId};
 use nextsync_core::nextchat::{
     self, Backup, COLLECTIONS, Current, RenderOptions, Rendered, SecretPath, UploadOptions, plan_upload,
     take_secrets,
 };
-use nextsync_core::push::{Mutation, Precondition};
+use nextsync_core::push::{Mutation, Precondition, RecordKey};
 use nextsync_core::sync::Op;
 use nextsync_core::time::Timestamp;
 use nextsync_store::nextchat::{NewSnapshot, SealedSecret, SnapshotInfo, UploadExtras};
@@ -284,6 +285,7 @@ pub(crate) async fn merge_upload(
     credential: Option<AppPasswordId>,
     committed_staging: Option<String>,
 ) -> Result<MergeSummary, ApiError> {
+    refuse_encrypted(state, user).await?;
     let Prepared {
         backup,
         secrets: taken,
@@ -364,7 +366,27 @@ pub(crate) async fn merge_upload(
 }
 
 /// Renders `user`'s whole state (with the secrets the account syncs, unless `for_export`).
+/// An end-to-end encrypted account's values are ciphertext: the doors can neither merge an
+/// upload into them nor render a download from them. The answer is an error NextChat shows
+/// as "Sync Fail" (never a 404, which it would take as an empty remote and upload over).
+pub(crate) async fn refuse_encrypted(state: &AppState, user: UserId) -> Result<(), ApiError> {
+    let key = RecordKey {
+        collection: KEYS_COLLECTION.to_owned(),
+        id: KEYRING_ID.to_owned(),
+    };
+    let keyring = state.store.record(user, &key).await?;
+    if keyring.is_some_and(|k| !k.record.is_deleted()) {
+        return Err(ApiError::conflict(
+            "end_to_end_encrypted",
+            "this account is end-to-end encrypted: NextChat's sync cannot read it; use a \
+             nextsync client with the passphrase",
+        ));
+    }
+    Ok(())
+}
+
 pub(crate) async fn render(state: &AppState, user: UserId, for_export: bool) -> Result<Rendered, ApiError> {
+    refuse_encrypted(state, user).await?;
     let account = state.store.nextchat_account(user).await?;
     let records = state.store.records_in(user, &COLLECTIONS).await?;
     let mut secrets = Vec::new();
@@ -395,6 +417,8 @@ pub(crate) async fn download(
     user: UserId,
     door: downloads::DoorKey,
 ) -> Result<Option<Bytes>, ApiError> {
+    // Before the cache: a state rendered just before encryption was enabled is not served.
+    refuse_encrypted(state, user).await?;
     if let Some(cached) = state.nextchat.downloads.get(&door) {
         return Ok(cached);
     }

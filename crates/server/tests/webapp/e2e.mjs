@@ -394,6 +394,27 @@ await step("the app password died with the old password", async () => {
   assert.equal(got.status, 401);
 });
 
+await step("an end-to-end encrypted account's NextChat tab says why NextChat's sync fails", async () => {
+  await laptop.click("button[data-tab=nextchat]");
+  await laptop.waitForSelector("#label");
+  assert.equal(await laptop.locator("#e2ee-notice").count(), 0, "not encrypted yet");
+  // What a nextsync client writes when it turns encryption on: the keyring record.
+  const login = await fetch(`${BASE}/v1/auth/login`, { method: "POST", headers: { "content-type": "application/json" },
+    body: JSON.stringify({ email: EMAIL, password: "a brand new passphrase", device_name: "cli" }) });
+  const token = (await login.json()).access_token;
+  const hlc = `${String(Date.now()).padStart(15, "0")}-00000-cli`;
+  const pushed = await fetch(`${BASE}/v1/sync/push`, { method: "POST",
+    headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+    body: JSON.stringify({ mutations: [{ mutation_id: "keyring-1", collection: "nextsync-keys", id: "keyring", op: "upsert", hlc,
+      fields: { version: 1, key_id: "test", wrapped_key: "x", kdf: { alg: "argon2id", v: 19, m: 256, t: 1, p: 1, salt: "c2FsdA" } } }] }) });
+  assert.ok(pushed.ok, `push: ${pushed.status}`);
+  await laptop.click("button[data-tab=devices]");
+  await laptop.click("button[data-tab=nextchat]");
+  await laptop.waitForSelector("#e2ee-notice", { timeout: 5000 });
+  assert.match(await laptop.textContent("#e2ee-notice"), /Sync Fail/);
+  await shoot(laptop, "e2ee-nextchat");
+});
+
 await browser.close();
 console.log("all web app checks passed");
 // stdin (the harness's answers) would keep the process alive.
