@@ -3,8 +3,8 @@
 
 use crate::error::Error;
 use nextsync_core::api::{
-    ConflictList, ErrorBody, LoginRequest, PullResponse, PushRequest, PushResponse, RecordView,
-    RefreshRequest, ResolveRequest, Secret, TokenResponse,
+    ConflictList, ErrorBody, LoginRequest, PullResponse, PushRequest, PushResponse, RecentResponse,
+    RecordView, RefreshRequest, ResolveRequest, Secret, TokenResponse,
 };
 use nextsync_core::api::{DeviceKind, MutationIn};
 use reqwest::{Method, StatusCode};
@@ -167,6 +167,29 @@ impl Http {
             timeout += wait;
         }
         self.call::<(), _>(Method::GET, &path, Some(token), None, timeout)
+            .await
+    }
+
+    /// The newest live records of `collection` with their children (`GET /v1/sync/recent`).
+    pub async fn recent(
+        &self,
+        token: &Secret,
+        collection: &str,
+        limit: u32,
+        children: Option<(&str, &str)>,
+    ) -> Result<RecentResponse, Error> {
+        let mut path = format!(
+            "/v1/sync/recent?collection={}&limit={limit}",
+            encode_segment(collection)
+        );
+        if let Some((children, link)) = children {
+            path.push_str(&format!(
+                "&children={}&link={}",
+                encode_segment(children),
+                encode_segment(link)
+            ));
+        }
+        self.call::<(), _>(Method::GET, &path, Some(token), None, REQUEST_TIMEOUT)
             .await
     }
 

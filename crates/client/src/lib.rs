@@ -58,6 +58,8 @@ pub const MAX_BATCH: usize = 1000;
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// Records per pulled page.
 const PULL_PAGE: u32 = 500;
+/// Sessions a new device fetches first (with their messages), before the full pull.
+const RECENT_SESSIONS: u32 = 20;
 /// An access token is renewed when it has less than this left.
 const RENEW_BEFORE_MS: u64 = 60_000;
 
@@ -374,11 +376,37 @@ impl Client {
     /// are kept as they come; [`Client::conflicts`] asks for the full list). Fails when the server cannot be reached (the local state is untouched).
     pub async fn sync(&self) -> Result<SyncReport, Error> {
         let pushed = self.push_outbox().await?;
+        if self.local(|r| r.cursor()).await?.is_none() {
+            self.prefetch_recent(RECENT_SESSIONS).await?;
+        }
         let pulled = self.pull_to_head().await?;
         let now = system_ms().to_string();
         self.local(move |r| r.set_meta(&[("last_sync", Some(&now))]))
             .await?;
         Ok(SyncReport { pushed, pulled })
+    }
+
+    /// A new device's first page: the `sessions` most recently changed NextChat sessions
+    /// with all their messages, stored before the full pull (which brings them again). A
+    /// server without `/v1/sync/recent` is no error: the pull brings everything anyway.
+    pub async fn prefetch_recent(&self, sessions: u32) -> Result<u64, Error> {
+        use nextsync_core::nextchat::{MESSAGES, SESSION_ID, SESSIONS};
+        let page = self
+            .authed(|http, token| async move {
+                http.recent(&token, SESSIONS, sessions, Some((MESSAGES, SESSION_ID)))
+                    .await
+            })
+            .await;
+        let records = match page {
+            Ok(page) => page.records,
+            Err(Error::Server {
+                status: 404 | 405, ..
+            }) => return Ok(0),
+            Err(e) => return Err(e),
+        };
+        let count = records.len() as u64;
+        self.apply_pulled(records, None, false).await?;
+        Ok(count)
     }
 
     /// Conflicts to settle: the server's list when it can be reached, else the last one seen.
@@ -559,7 +587,7 @@ impl Client {
     pub(crate) async fn apply_pulled(
         &self,
         mut changes: Vec<RecordView>,
-        cursor: String,
+        cursor: Option<String>,
         complete: bool,
     ) -> Result<(), Error> {
         let keyring = changes
@@ -597,12 +625,20 @@ impl Client {
                         key.decrypt_fields(&view.collection, &view.id, &mut view.fields)?;
                     }
                 }
-                None if encrypted => return Err(Error::Locked),
+                None if encrypted => {
+                    // Sealed-looking values before the keyring was seen (a prefetch, which
+                    // does not carry it): the server's keyring decides.
+                    let known = self.inner.replica.meta("e2ee")?.is_some();
+                    if known || self.server_keyring().await?.is_some() {
+                        self.inner.replica.set_meta(&[("e2ee", Some("on"))])?;
+                        return Err(Error::Locked);
+                    }
+                }
                 None => {}
             }
         }
         let changes = self
-            .local(move |r| r.apply_page(&changes, &cursor, complete))
+            .local(move |r| r.apply_page(&changes, cursor.as_deref(), complete))
             .await?;
         self.emit(changes);
         Ok(())
@@ -837,7 +873,8 @@ impl Client {
                 Ok(page) => {
                     pulled += page.changes.len() as u64;
                     let complete = !page.has_more;
-                    self.apply_pulled(page.changes, page.cursor, complete).await?;
+                    self.apply_pulled(page.changes, Some(page.cursor), complete)
+                        .await?;
                     if complete {
                         return Ok(pulled);
                     }

@@ -285,7 +285,7 @@ async fn follow_socket(client: &Client, stop: &mut watch::Receiver<bool>) -> Out
                 match frame {
                     ServerFrame::Welcome { .. } => client.set_connection(Connection::Live),
                     ServerFrame::Changes { changes, cursor } => {
-                        if let Err(e) = client.apply_pulled(changes, cursor, false).await {
+                        if let Err(e) = client.apply_pulled(changes, Some(cursor), false).await {
                             return outcome_of(client, e).await;
                         }
                     }
@@ -371,7 +371,7 @@ async fn follow_polls(client: &Client, stop: &mut watch::Receiver<bool>, until: 
             page = poll => match page {
                 Ok(page) => {
                     client.set_connection(Connection::Polling);
-                    if let Err(e) = client.apply_pulled(page.changes, page.cursor, !page.has_more).await {
+                    if let Err(e) = client.apply_pulled(page.changes, Some(page.cursor), !page.has_more).await {
                         return outcome_of(client, e).await;
                     }
                     let unsent = client.local(|r| r.counts()).await.map(|c| c.unsent).unwrap_or(0);

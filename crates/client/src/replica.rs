@@ -424,10 +424,13 @@ impl Replica {
     /// Stores one pulled page and moves the cursor past it, in one transaction. With
     /// `complete` (the page reached the head) an unfinished resync is finished: records the
     /// server no longer has are dropped.
+    ///
+    /// Without a cursor the page is a prefetch (a recent-first page): its records are stored
+    /// but the cursor stays, so the feed still brings everything, these included.
     pub fn apply_page(
         &self,
         page: &[RecordView],
-        cursor: &str,
+        cursor: Option<&str>,
         complete: bool,
     ) -> Result<Vec<Change>, Error> {
         let mut conn = self.lock();
@@ -440,7 +443,8 @@ impl Replica {
             tx.execute(
                 "INSERT INTO base (collection, id, fields, tombstone, seq, stale) VALUES (?1, ?2, ?3, ?4, ?5, 0)
                  ON CONFLICT (collection, id) DO UPDATE SET
-                   fields = excluded.fields, tombstone = excluded.tombstone, seq = excluded.seq, stale = 0",
+                   fields = excluded.fields, tombstone = excluded.tombstone, seq = excluded.seq, stale = 0
+                 WHERE excluded.seq >= base.seq OR base.stale = 1",
                 params![
                     view.collection,
                     view.id,
@@ -458,8 +462,10 @@ impl Replica {
                 put_meta(&tx, "clock", Some(&seen.to_string()))?;
             }
         }
-        put_meta(&tx, "cursor", Some(cursor))?;
-        if complete && get_meta(&tx, "resync")?.is_some() {
+        if let Some(cursor) = cursor {
+            put_meta(&tx, "cursor", Some(cursor))?;
+        }
+        if cursor.is_some() && complete && get_meta(&tx, "resync")?.is_some() {
             let mut stmt = tx.prepare("DELETE FROM base WHERE stale = 1 RETURNING collection, id")?;
             let gone = stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?;
             for key in gone {
@@ -853,7 +859,7 @@ mod tests {
         // A page below the write's seq leaves it in place.
         r.apply_page(
             &[view("other", "x", "000000000000500-00000-b", 3)],
-            &cursor(3),
+            Some(&cursor(3)),
             true,
         )
         .expect("page");
@@ -862,7 +868,7 @@ mod tests {
         let changes = r
             .apply_page(
                 &[view("s1", "mine", "000000000001000-00000-dev", 5)],
-                &cursor(5),
+                Some(&cursor(5)),
                 true,
             )
             .expect("page");
@@ -898,7 +904,7 @@ mod tests {
         // The server already held a newer title at seq 7, which this device has pulled.
         r.apply_page(
             &[view("s1", "newer", "000000000002000-00000-b", 7)],
-            &cursor(7),
+            Some(&cursor(7)),
             true,
         )
         .expect("page");
@@ -917,7 +923,7 @@ mod tests {
         let (_dir, r) = replica();
         r.apply_page(
             &[view("s1", "remote", "000000000009000-00004-b", 1)],
-            &cursor(1),
+            Some(&cursor(1)),
             true,
         )
         .expect("page");
@@ -971,7 +977,7 @@ mod tests {
                 view("kept", "k", "000000000000100-00000-b", 1),
                 view("lost", "l", "000000000000200-00000-b", 2),
             ],
-            &cursor(2),
+            Some(&cursor(2)),
             true,
         )
         .expect("page");
@@ -990,7 +996,7 @@ mod tests {
         );
         r.apply_page(
             &[view("kept", "k", "000000000000100-00000-b", 1)],
-            &cursor(1),
+            Some(&cursor(1)),
             true,
         )
         .expect("page");
@@ -1026,7 +1032,7 @@ mod tests {
                 view("a", "a", "000000000000100-00000-b", 1),
                 view("b", "b", "000000000000300-00000-b", 2),
             ],
-            &cursor(2),
+            Some(&cursor(2)),
             true,
         )
         .expect("page");

@@ -487,3 +487,88 @@ fn move_cursor_to_an_unknown_epoch(path: &std::path::Path) -> bool {
     .encode();
     replica.set_meta(&[("cursor", Some(&cursor))]).is_ok()
 }
+
+#[tokio::test]
+async fn a_new_device_gets_the_newest_conversations_first_then_everything_once() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    let api = Api::new(&server);
+    let owner = api.register("io@example.org").await;
+    // 60 sessions of 5 messages, pushed oldest first; then an old one is edited (newest now).
+    let mut mutations = Vec::new();
+    for s in 0..60u64 {
+        let hlc = |n: u64| format!("{:015}-{n:05}-seed", 1_000 + s);
+        mutations.push(
+            json!({"mutation_id": format!("s{s}"), "collection": "sessions", "id": format!("s{s}"),
+            "op": "upsert", "fields": {"topic": format!("session {s}")}, "hlc": hlc(0)}),
+        );
+        for m in 0..5u64 {
+            mutations.push(json!({"mutation_id": format!("s{s}m{m}"), "collection": "messages", "id": format!("s{s}m{m}"),
+                "op": "upsert", "fields": {"session_id": format!("s{s}"), "position": m, "content": "…"}, "hlc": hlc(m + 1)}));
+        }
+    }
+    let (status, body) = api
+        .post("/v1/sync/push", owner.token(), json!({ "mutations": mutations }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let edit = json!({"mutation_id": "edit", "collection": "sessions", "id": "s3", "op": "upsert",
+        "fields": {"topic": "edited last"}, "hlc": format!("{:015}-00000-seed", 5_000)});
+    let (status, body) = api
+        .post("/v1/sync/push", owner.token(), json!({ "mutations": [edit] }))
+        .await;
+    assert_eq!(status, 200, "{body}");
+
+    let phone = Device::login(&server.base_url, "io@example.org", "phone").await;
+    let fetched = phone.client.prefetch_recent(20).await.expect("prefetch");
+    assert_eq!(fetched, 20 + 20 * 5);
+    let sessions = phone.client.sessions(None).await.expect("sessions");
+    assert_eq!(sessions.len(), 20);
+    assert_eq!(sessions[0].id, "s3", "the session edited last comes first");
+    assert_eq!(sessions[1].id, "s59");
+    let conversation = phone
+        .client
+        .conversation("s3")
+        .await
+        .expect("conversation")
+        .expect("s3");
+    let positions: Vec<_> = conversation
+        .messages
+        .iter()
+        .map(|m| m.fields["position"].clone())
+        .collect();
+    assert_eq!(positions, [json!(0), json!(1), json!(2), json!(3), json!(4)]);
+    assert!(
+        phone.client.get("sessions", "s10").await.expect("get").is_none(),
+        "older ones come with the pull"
+    );
+
+    let report = phone.client.sync().await.expect("sync");
+    assert_eq!(report.pulled, 60 * 6);
+    let all = phone.client.list(Query::default()).await.expect("list");
+    assert_eq!(all.len(), 60 * 6, "every record once");
+    assert_eq!(title_of(&phone.client, "s3").await, Some(json!("edited last")));
+
+    // The endpoint's own rules.
+    let (status, body) = api
+        .get(
+            "/v1/sync/recent?collection=sessions&children=messages",
+            owner.token(),
+        )
+        .await;
+    assert_eq!(
+        (status, nextsync_testkit::error_code(&body)),
+        (reqwest::StatusCode::BAD_REQUEST, "invalid_link")
+    );
+    let (status, _) = api
+        .get("/v1/sync/recent?collection=Bad%20Name", owner.token())
+        .await;
+    assert_eq!(status, 400);
+}
+
+async fn title_of(client: &Client, id: &str) -> Option<Value> {
+    client
+        .get("sessions", id)
+        .await
+        .expect("get")
+        .and_then(|r| r.fields.get("topic").cloned())
+}

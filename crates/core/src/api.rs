@@ -309,6 +309,15 @@ pub struct PullResponse {
     pub has_more: bool,
 }
 
+/// A recent-first first page (`GET /v1/sync/recent`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RecentResponse {
+    /// The newest live records of the collection, newest first, then their children in seq
+    /// order. Each comes again, at its latest state, in the feed.
+    pub records: Vec<RecordView>,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ConflictView {

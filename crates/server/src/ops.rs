@@ -81,6 +81,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         account::delete_app_password,
         sync::push_changes,
         sync::pull_changes,
+        sync::recent_first,
         sync::list_conflicts,
         sync::resolve_conflict,
         sync::get_record,

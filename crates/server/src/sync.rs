@@ -20,7 +20,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use nextsync_core::api::{
     Choice, ConflictList, ConflictView, ErrorBody, PullResponse, PushRequest, PushResponse, PutRecordRequest,
-    RecordView, ResolveRequest, ServerFrame,
+    RecentResponse, RecordView, ResolveRequest, ServerFrame,
 };
 use nextsync_core::cursor::Cursor;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
@@ -50,6 +50,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/sync/push", post(push_changes))
         .route("/v1/sync/pull", get(pull_changes))
+        .route("/v1/sync/recent", get(recent_first))
         .route("/v1/conflicts", get(list_conflicts))
         .route("/v1/conflicts/{id}/resolve", post(resolve_conflict))
         .route(
@@ -343,6 +344,62 @@ pub async fn pull_changes(
         changes: page.changes,
         cursor: page.cursor.encode(),
         has_more: page.has_more,
+    }))
+}
+
+/// Most parent records one recent-first page may ask for.
+const MAX_RECENT: u32 = 200;
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+pub struct RecentParams {
+    /// The collection whose newest records come first (NextChat: `sessions`).
+    pub collection: String,
+    /// How many of them (default 20, at most 200).
+    pub limit: Option<u32>,
+    /// A collection of children to bring along (NextChat: `messages`) …
+    pub children: Option<String>,
+    /// … those whose field of this name holds a parent's id (NextChat: `session_id`).
+    pub link: Option<String>,
+}
+
+#[utoipa::path(get, path = "/v1/sync/recent", tag = "sync", security(("bearer" = [])), params(RecentParams),
+    responses(
+        (status = 200, description = "the newest live records of the collection, then their children", body = RecentResponse),
+        (status = 400, description = "invalid_collection, or children without link", body = ErrorBody),
+    ))]
+/// A new device's first page: what a person looks at first (the newest conversations with
+/// their messages) before the full pull, which still runs from the start and brings these
+/// records again. The feed's no-gap guarantee is untouched: this is not a feed page and
+/// moves no cursor.
+pub async fn recent_first(
+    State(state): State<AppState>,
+    auth: AuthUser,
+    Query(params): Query<RecentParams>,
+) -> Result<Json<RecentResponse>, ApiError> {
+    validate_collection(&params.collection)?;
+    let children = match (params.children.as_deref(), params.link.as_deref()) {
+        (None, None) => None,
+        (Some(children), Some(link)) if !link.is_empty() && !link.chars().any(char::is_control) => {
+            validate_collection(children)?;
+            Some((children, link))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "invalid_link",
+                "children and link come together; link is a field name",
+            ));
+        }
+    };
+    let limit = params.limit.unwrap_or(20).clamp(1, MAX_RECENT);
+    let records = state
+        .store
+        .recent(auth.user, &params.collection, limit, children)
+        .await?;
+    Ok(Json(RecentResponse {
+        records: records
+            .iter()
+            .map(|(key, stored)| record_view(key, stored))
+            .collect(),
     }))
 }
 

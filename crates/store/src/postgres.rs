@@ -134,6 +134,16 @@ mod accounts {
     crate::accounts::impl_account_store!(super::PgStore, sqlx::postgres::PgRow);
 }
 
+/// Children of a recent-first page: the field's stored value among a JSON array of ids.
+const SELECT_CHILDREN: &str = "SELECT collection, record_id, fields, tombstone, tombstone_seq, seq \
+     FROM records WHERE user_id = $1 AND collection = $2 \
+     AND (fields::jsonb -> $3 ->> 'v') IN (SELECT jsonb_array_elements_text($4::jsonb)) ORDER BY seq";
+
+/// The field's key in the stored JSON.
+fn link_argument(field: &str) -> String {
+    field.to_owned()
+}
+
 mod shared_sync {
     crate::sync::impl_shared_sync!(
         sqlx::Transaction<'static, sqlx::Postgres>,

@@ -176,6 +176,16 @@ mod accounts {
     crate::accounts::impl_account_store!(super::SqliteStore, sqlx::sqlite::SqliteRow);
 }
 
+/// Children of a recent-first page: `fields ->> '$."field".v'` among a JSON array of ids.
+const SELECT_CHILDREN: &str = "SELECT collection, record_id, fields, tombstone, tombstone_seq, seq \
+     FROM records WHERE user_id = $1 AND collection = $2 \
+     AND (fields ->> $3) IN (SELECT value FROM json_each($4)) ORDER BY seq";
+
+/// The JSON path of a field's stored value (`{"field":{"v":…}}`).
+fn link_argument(field: &str) -> String {
+    format!("$.{}.v", serde_json::Value::String(field.to_owned()))
+}
+
 mod shared_sync {
     crate::sync::impl_shared_sync!(
         sqlx::Transaction<'static, sqlx::Sqlite>,

@@ -101,6 +101,19 @@ pub trait SyncStore {
 
     async fn record(&self, user: UserId, key: &RecordKey) -> Result<Option<StoredRecord>, StoreError>;
 
+    /// A recent-first first page: the `limit` most recently changed live records of
+    /// `collection`, newest first, then (with `children = (collection, field)`) the live
+    /// records of that collection whose `field` holds one of their ids, in seq order. Not a
+    /// feed page: a reader still pulls the feed from its cursor, which brings each of these
+    /// again at its latest state.
+    async fn recent(
+        &self,
+        user: UserId,
+        collection: &str,
+        limit: u32,
+        children: Option<(&str, &str)>,
+    ) -> Result<Vec<(RecordKey, StoredRecord)>, StoreError>;
+
     /// Unresolved conflicts, oldest first.
     async fn conflicts(&self, user: UserId) -> Result<Vec<Conflict>, StoreError>;
 
@@ -224,6 +237,8 @@ pub(crate) const SELECT_FEED: &str = "SELECT collection, record_id, fields, tomb
      FROM records WHERE user_id = $1 AND seq > $2 ORDER BY seq LIMIT $3";
 pub(crate) const SELECT_RECORD: &str = "SELECT collection, record_id, fields, tombstone, tombstone_seq, seq \
      FROM records WHERE user_id = $1 AND collection = $2 AND record_id = $3";
+pub(crate) const SELECT_NEWEST: &str = "SELECT collection, record_id, fields, tombstone, tombstone_seq, seq \
+     FROM records WHERE user_id = $1 AND collection = $2 ORDER BY seq DESC";
 pub(crate) const SELECT_CONFLICTS: &str = "SELECT conflict_id, collection, record_id, field, kept, lost, created_at \
      FROM conflicts WHERE user_id = $1 AND resolved_at IS NULL ORDER BY created_at, conflict_id";
 pub(crate) const SELECT_CONFLICT: &str = "SELECT conflict_id, collection, record_id, field, kept, lost, created_at \
@@ -411,6 +426,53 @@ macro_rules! impl_shared_sync {
                     .map(record_row)
                     .transpose()
                     .map(|r| r.map(|(_, record)| record))
+            }
+
+            async fn recent(
+                &self,
+                user: UserId,
+                collection: &str,
+                limit: u32,
+                children: Option<(&str, &str)>,
+            ) -> Result<Vec<(RecordKey, StoredRecord)>, StoreError> {
+                use futures::TryStreamExt as _;
+                let mut records = Vec::new();
+                {
+                    // Newest first, skipping deleted records, until `limit` live ones.
+                    let mut rows = sqlx::query(SELECT_NEWEST)
+                        .bind(user.as_uuid())
+                        .bind(collection)
+                        .fetch(self.reader());
+                    while records.len() < limit as usize
+                        && let Some(row) = rows.try_next().await?
+                    {
+                        let (key, record) = record_row(&row)?;
+                        if !record.record.is_deleted() {
+                            records.push((key, record));
+                        }
+                    }
+                }
+                if let Some((child, field)) = children
+                    && !records.is_empty()
+                {
+                    let ids: Vec<&str> = records.iter().map(|(k, _)| k.id.as_str()).collect();
+                    let ids = serde_json::to_string(&ids).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    // Per backend: the stored value of `field` (JSON path or key) among `ids`.
+                    let rows = sqlx::query(super::SELECT_CHILDREN)
+                        .bind(user.as_uuid())
+                        .bind(child)
+                        .bind(super::link_argument(field))
+                        .bind(ids)
+                        .fetch_all(self.reader())
+                        .await?;
+                    for row in &rows {
+                        let (key, record) = record_row(row)?;
+                        if !record.record.is_deleted() {
+                            records.push((key, record));
+                        }
+                    }
+                }
+                Ok(records)
             }
 
             async fn conflicts(&self, user: UserId) -> Result<Vec<Conflict>, StoreError> {

@@ -50,7 +50,115 @@ both_backends!(
     users_never_see_each_others_records,
     concurrent_writers_never_let_a_reader_skip_a_change,
     concurrent_applies_commit_or_refuse_each_on_its_own,
+    a_recent_first_page_holds_the_newest_live_parents_and_their_children,
 );
+
+fn write(mutation_id: &str, collection: &str, id: &str, ms: u64, op: Op) -> Mutation {
+    Mutation {
+        mutation_id: mutation_id.into(),
+        key: RecordKey {
+            collection: collection.into(),
+            id: id.into(),
+        },
+        op,
+        hlc: Some(Hlc::new(ms, 0, "laptop").expect("hlc")),
+        base_seq: None,
+        precondition: None,
+    }
+}
+
+async fn a_recent_first_page_holds_the_newest_live_parents_and_their_children(db: TestDb) {
+    let store = db.store().await;
+    let u = user(&*store, "ann@example.org").await;
+    let other = user(&*store, "bo@example.org").await;
+    let now = Timestamp::now();
+    let fields = |v: serde_json::Value| Op::Upsert(v.as_object().expect("object").clone());
+    let mut batch = Vec::new();
+    for s in 0..5u64 {
+        batch.push(write(
+            &format!("s{s}"),
+            "sessions",
+            &format!("s{s}"),
+            1000 + s,
+            fields(json!({"topic": s})),
+        ));
+        for m in 0..3u64 {
+            let id = format!("s{s}-m{m}");
+            batch.push(write(
+                &id,
+                "messages",
+                &id,
+                1000 + s,
+                fields(json!({"session_id": format!("s{s}"), "n": m})),
+            ));
+        }
+    }
+    store.apply(u, batch, now, None).await.expect("apply");
+    // s1 changes last; s4 is deleted; another user's message claims s1 as its session.
+    store
+        .apply(
+            u,
+            vec![write(
+                "s1b",
+                "sessions",
+                "s1",
+                3000,
+                fields(json!({"topic": "edited"})),
+            )],
+            now,
+            None,
+        )
+        .await
+        .expect("apply");
+    store
+        .apply(
+            u,
+            vec![write("s4d", "sessions", "s4", 3001, Op::Delete)],
+            now,
+            None,
+        )
+        .await
+        .expect("apply");
+    store
+        .apply(
+            other,
+            vec![write(
+                "x",
+                "messages",
+                "x",
+                3002,
+                fields(json!({"session_id": "s1"})),
+            )],
+            now,
+            None,
+        )
+        .await
+        .expect("apply");
+
+    let page = store
+        .recent(u, "sessions", 2, Some(("messages", "session_id")))
+        .await
+        .expect("recent");
+    let ids: Vec<(&str, &str)> = page
+        .iter()
+        .map(|(k, _)| (k.collection.as_str(), k.id.as_str()))
+        .collect();
+    assert_eq!(
+        ids,
+        [
+            ("sessions", "s1"),
+            ("sessions", "s3"),
+            ("messages", "s1-m0"),
+            ("messages", "s1-m1"),
+            ("messages", "s1-m2"),
+            ("messages", "s3-m0"),
+            ("messages", "s3-m1"),
+            ("messages", "s3-m2"),
+        ]
+    );
+    let parents_only = store.recent(u, "sessions", 10, None).await.expect("recent");
+    assert_eq!(parents_only.len(), 4, "the deleted session is left out");
+}
 
 async fn pushes_land_in_the_feed_once_each_in_seq_order(db: TestDb) {
     let store = db.store().await;
