@@ -4,6 +4,7 @@
 //! a baseline measured in the same run.
 
 mod nextchat;
+mod prefetch;
 mod realtime;
 mod sync;
 
@@ -71,6 +72,16 @@ enum Bench {
         #[arg(long, default_value_t = 3)]
         rounds: usize,
     },
+    /// A new device joining a long history through the client SDK: the newest sessions
+    /// first (recent-first page), then everything; time and bytes on the wire.
+    Prefetch {
+        #[arg(long, default_value_t = 1000)]
+        sessions: usize,
+        #[arg(long, default_value_t = 30)]
+        messages: usize,
+        #[arg(long, default_value_t = 5)]
+        rounds: usize,
+    },
     /// Requests/s of an authenticated GET /v1/me and the cost of the per-request revocation
     /// check, against unauthenticated and JWT-only baselines.
     Auth {
@@ -136,6 +147,18 @@ fn main() -> anyhow::Result<()> {
             }
             Bench::Sync { seconds, rounds } => {
                 sync::bench_sync(Duration::from_secs(seconds.clamp(1, 60)), rounds.clamp(1, 20)).await
+            }
+            Bench::Prefetch {
+                sessions,
+                messages,
+                rounds,
+            } => {
+                prefetch::bench_prefetch(
+                    sessions.clamp(20, 10_000),
+                    messages.clamp(1, 200),
+                    rounds.clamp(1, 20),
+                )
+                .await
             }
             Bench::Auth {
                 seconds,

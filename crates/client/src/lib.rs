@@ -56,8 +56,8 @@ use tokio::sync::{Notify, broadcast, watch};
 pub const MAX_BATCH: usize = 1000;
 /// About this many bytes per push body, well under the server's default 16 MiB.
 pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
-/// Records per pulled page.
-const PULL_PAGE: u32 = 500;
+/// Records per pulled page (the server's most; it also caps a page at 4 MiB).
+const PULL_PAGE: u32 = 1000;
 /// Sessions a new device fetches first (with their messages), before the full pull.
 const RECENT_SESSIONS: u32 = 20;
 /// An access token is renewed when it has less than this left.
@@ -376,7 +376,11 @@ impl Client {
     /// are kept as they come; [`Client::conflicts`] asks for the full list). Fails when the server cannot be reached (the local state is untouched).
     pub async fn sync(&self) -> Result<SyncReport, Error> {
         let pushed = self.push_outbox().await?;
-        if self.local(|r| r.cursor()).await?.is_none() {
+        // A new device (nothing pulled, nothing local yet) starts with the newest sessions.
+        let fresh = self
+            .local(|r| Ok(r.cursor()?.is_none() && r.counts()?.records == 0))
+            .await?;
+        if fresh {
             self.prefetch_recent(RECENT_SESSIONS).await?;
         }
         let pulled = self.pull_to_head().await?;
@@ -858,34 +862,50 @@ impl Client {
     }
 
     /// Pulls pages until the head. A cursor the server no longer knows (`resync_required`,
-    /// after a restore) starts a full pull that keeps the outbox.
+    /// after a restore) starts a full pull that keeps the outbox. The next page is fetched
+    /// while the current one is stored (pages are still applied one by one, in order): the
+    /// server's work and the local disk's overlap.
     pub(crate) async fn pull_to_head(&self) -> Result<u64, Error> {
         let mut pulled = 0;
+        let mut fetched = None;
         loop {
-            let since = self.local(|r| r.cursor()).await?;
-            let page = self
-                .authed(|http, token| {
-                    let since = since.clone();
-                    async move { http.pull(&token, since.as_deref(), PULL_PAGE, None).await }
-                })
-                .await;
-            match page {
-                Ok(page) => {
-                    pulled += page.changes.len() as u64;
-                    let complete = !page.has_more;
-                    self.apply_pulled(page.changes, Some(page.cursor), complete)
-                        .await?;
-                    if complete {
-                        return Ok(pulled);
-                    }
+            let page = match fetched.take() {
+                Some(page) => page,
+                None => {
+                    let since = self.local(|r| r.cursor()).await?;
+                    self.fetch_page(since).await
                 }
+            };
+            let page = match page {
+                Ok(page) => page,
                 Err(e) if needs_resync(&e) => {
                     tracing::info!("the server asked for a full resync: {e}");
                     self.local(|r| r.start_resync()).await?;
+                    continue;
                 }
                 Err(e) => return Err(e),
+            };
+            pulled += page.changes.len() as u64;
+            if !page.has_more {
+                self.apply_pulled(page.changes, Some(page.cursor), true).await?;
+                return Ok(pulled);
             }
+            let next = Some(page.cursor.clone());
+            let (stored, next) = tokio::join!(
+                self.apply_pulled(page.changes, Some(page.cursor), false),
+                self.fetch_page(next)
+            );
+            stored?;
+            fetched = Some(next);
         }
+    }
+
+    async fn fetch_page(&self, since: Option<String>) -> Result<nextsync_core::api::PullResponse, Error> {
+        self.authed(|http, token| {
+            let since = since.clone();
+            async move { http.pull(&token, since.as_deref(), PULL_PAGE, None).await }
+        })
+        .await
     }
 }
 

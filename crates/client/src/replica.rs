@@ -434,26 +434,49 @@ impl Replica {
         complete: bool,
     ) -> Result<Vec<Change>, Error> {
         let mut conn = self.lock();
+        // A pulled page commits without waiting for the disk: its records and its cursor move
+        // are one transaction, so a power cut loses both together and the page is pulled
+        // again. (WAL mode: never corruption, and the next FULL commit syncs it anyway.)
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        let result = Self::store_page(&mut conn, page, cursor, complete);
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        result
+    }
+
+    fn store_page(
+        conn: &mut Connection,
+        page: &[RecordView],
+        cursor: Option<&str>,
+        complete: bool,
+    ) -> Result<Vec<Change>, Error> {
         let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let mut touched = BTreeSet::new();
+        let mut stored = Vec::with_capacity(page.len());
         let mut newest: Option<Hlc> = None;
         for view in page {
             let (fields, max) = base_fields(view)?;
-            newest = newest.max(max);
-            tx.execute(
-                "INSERT INTO base (collection, id, fields, tombstone, seq, stale) VALUES (?1, ?2, ?3, ?4, ?5, 0)
-                 ON CONFLICT (collection, id) DO UPDATE SET
-                   fields = excluded.fields, tombstone = excluded.tombstone, seq = excluded.seq, stale = 0
-                 WHERE excluded.seq >= base.seq OR base.stale = 1",
-                params![
+            let changed = tx
+                .prepare_cached(
+                    "INSERT INTO base (collection, id, fields, tombstone, seq, stale) VALUES (?1, ?2, ?3, ?4, ?5, 0)
+                     ON CONFLICT (collection, id) DO UPDATE SET
+                       fields = excluded.fields, tombstone = excluded.tombstone, seq = excluded.seq, stale = 0
+                     WHERE excluded.seq >= base.seq OR base.stale = 1",
+                )?
+                .execute(params![
                     view.collection,
                     view.id,
                     fields,
                     view.tombstone.as_ref().map(ToString::to_string),
                     view.seq.0 as i64
-                ],
-            )?;
-            touched.insert((view.collection.clone(), view.id.clone()));
+                ])?;
+            let updated = max.as_ref().map(ToString::to_string).unwrap_or_default();
+            newest = newest.max(max);
+            if changed > 0 {
+                stored.push((view, updated));
+            } else {
+                // The base already held a newer state (a prefetch raced a page).
+                touched.insert((view.collection.clone(), view.id.clone()));
+            }
         }
         // The receive rule: the next local stamp is above everything seen.
         if let Some(seen) = newest {
@@ -474,7 +497,16 @@ impl Replica {
             drop(stmt);
             put_meta(&tx, "resync", None)?;
         }
-        let changes = settle(&tx, touched)?;
+        touched.extend(settle_acked(&tx)?);
+        let mut changes = Vec::new();
+        for (view, updated) in stored {
+            let key = (view.collection.clone(), view.id.clone());
+            touched.remove(&key);
+            changes.extend(show_pulled(&tx, view, updated)?);
+        }
+        for (collection, id) in touched {
+            changes.extend(recompute(&tx, &collection, &id, Origin::Remote)?);
+        }
         tx.commit()?;
         Ok(changes)
     }
@@ -569,19 +601,72 @@ fn parse_hlc(text: &str) -> Result<Hlc, Error> {
 /// Drops acknowledged writes the pull has passed (the base now holds them, or what beat
 /// them), then recomputes the view of every record touched.
 fn settle(tx: &Transaction<'_>, mut touched: BTreeSet<(String, String)>) -> Result<Vec<Change>, Error> {
-    if let Some(seq) = cursor_seq(tx)? {
-        let mut stmt = tx.prepare("DELETE FROM outbox WHERE acked_seq <= ?1 RETURNING collection, id")?;
-        let done = stmt.query_map([seq.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
-        for key in done {
-            touched.insert(key?);
-        }
-    }
+    touched.extend(settle_acked(tx)?);
     let mut changes = Vec::new();
     for (collection, id) in touched {
         changes.extend(recompute(tx, &collection, &id, Origin::Remote)?);
     }
     Ok(changes)
 }
+
+/// Deletes the acknowledged writes the cursor has passed; returns their records.
+fn settle_acked(tx: &Transaction<'_>) -> Result<BTreeSet<(String, String)>, Error> {
+    let mut keys = BTreeSet::new();
+    if let Some(seq) = cursor_seq(tx)? {
+        let mut stmt =
+            tx.prepare_cached("DELETE FROM outbox WHERE acked_seq <= ?1 RETURNING collection, id")?;
+        let done = stmt.query_map([seq.0 as i64], |r| Ok((r.get(0)?, r.get(1)?)))?;
+        for key in done {
+            keys.insert(key?);
+        }
+    }
+    Ok(keys)
+}
+
+/// The view of a record just pulled into the base. With no local write pending on it (the
+/// common case), the server's visible state is the view as it came: no merge, no re-read.
+fn show_pulled(tx: &Transaction<'_>, view: &RecordView, updated: String) -> Result<Option<Change>, Error> {
+    let pending: bool = tx
+        .prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE collection = ?1 AND id = ?2)")?
+        .query_row([&view.collection, &view.id], |r| r.get(0))?;
+    if pending {
+        return recompute(tx, &view.collection, &view.id, Origin::Remote);
+    }
+    let fields = Value::Object(view.fields.clone()).to_string();
+    let before: Option<(String, bool)> = tx
+        .prepare_cached("SELECT fields, deleted FROM records WHERE collection = ?1 AND id = ?2")?
+        .query_row([&view.collection, &view.id], |r| Ok((r.get(0)?, r.get(1)?)))
+        .optional()?;
+    tx.prepare_cached(UPSERT_VIEW)?.execute(params![
+        view.collection,
+        view.id,
+        fields,
+        view.deleted,
+        view.seq.0 as i64,
+        false,
+        updated
+    ])?;
+    // Field maps serialize in name order, so equal text is an equal state.
+    let visible_change = before.is_none_or(|(f, d)| f != fields || d != view.deleted);
+    Ok(visible_change.then(|| Change {
+        origin: Origin::Remote,
+        record: Record {
+            collection: view.collection.clone(),
+            id: view.id.clone(),
+            fields: view.fields.clone(),
+            deleted: view.deleted,
+            seq: Some(view.seq),
+            pending: false,
+            updated,
+        },
+    }))
+}
+
+const UPSERT_VIEW: &str = "INSERT INTO records (collection, id, fields, deleted, seq, pending, updated)
+     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+     ON CONFLICT (collection, id) DO UPDATE SET fields = excluded.fields,
+       deleted = excluded.deleted, seq = excluded.seq, pending = excluded.pending,
+       updated = excluded.updated";
 
 /// The stored form of a pulled record's values: `{"name":{"v":value,"h":"stamp"}}`, and its
 /// newest stamp.
@@ -746,22 +831,15 @@ fn recompute(
         pending,
         updated: record.max_hlc().map(ToString::to_string).unwrap_or_default(),
     };
-    tx.execute(
-        "INSERT INTO records (collection, id, fields, deleted, seq, pending, updated)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
-         ON CONFLICT (collection, id) DO UPDATE SET fields = excluded.fields,
-           deleted = excluded.deleted, seq = excluded.seq, pending = excluded.pending,
-           updated = excluded.updated",
-        params![
-            collection,
-            id,
-            Value::Object(after.fields.clone()).to_string(),
-            after.deleted,
-            after.seq.map(|s| s.0 as i64),
-            after.pending,
-            after.updated
-        ],
-    )?;
+    tx.prepare_cached(UPSERT_VIEW)?.execute(params![
+        collection,
+        id,
+        Value::Object(after.fields.clone()).to_string(),
+        after.deleted,
+        after.seq.map(|s| s.0 as i64),
+        after.pending,
+        after.updated
+    ])?;
     let visible_change = before
         .as_ref()
         .is_none_or(|b| b.fields != after.fields || b.deleted != after.deleted);
