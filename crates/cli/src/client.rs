@@ -98,6 +98,17 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Write a NextChat backup file (what NextChat's "Export" writes) of this account, from
+    /// the local replica after a sync.
+    Export {
+        file: PathBuf,
+        /// Do not sync first: export the replica as it stands.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Merge a NextChat backup file into this account (entities already there are not
+    /// duplicated), then pull the result.
+    Import { file: PathBuf },
     /// End-to-end encryption of this account's values (opt-in; the server then holds only
     /// ciphertext, and NextChat's own sync settings stop working for the account).
     Encryption {
@@ -195,7 +206,79 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> anyhow::Result<()>
         } => list(&client, collection, recent, limit, json).await,
         ClientCommand::Conflicts { action, json } => conflicts(&client, action, json).await,
         ClientCommand::Encryption { action } => encryption(&client, action).await,
+        ClientCommand::Export { file, offline } => export(&client, &file, offline).await,
+        ClientCommand::Import { file } => import(&client, &file).await,
     }
+}
+
+fn spinner(message: &str) -> indicatif::ProgressBar {
+    let bar = indicatif::ProgressBar::new_spinner().with_message(message.to_owned());
+    bar.enable_steady_tick(Duration::from_millis(100));
+    bar
+}
+
+async fn export(client: &Client, file: &std::path::Path, offline: bool) -> anyhow::Result<()> {
+    if !offline {
+        let bar = spinner("syncing");
+        let synced = client.sync().await;
+        bar.finish_and_clear();
+        match synced {
+            Ok(_) => {}
+            Err(e) if e.is_transient() => {
+                eprintln!("not synced ({e}); exporting this replica as of its last sync");
+            }
+            Err(e) => return Err(explain(e)),
+        }
+    }
+    let bar = spinner("rendering");
+    let json = client.export_nextchat().await?;
+    bar.finish_and_clear();
+    // Written aside and renamed: a failed export never leaves half a file under the name.
+    let mut partial = file.as_os_str().to_owned();
+    partial.push(".partial");
+    let partial = PathBuf::from(partial);
+    write_private(&partial, &json).with_context(|| format!("writing {}", partial.display()))?;
+    std::fs::rename(&partial, file).with_context(|| format!("writing {}", file.display()))?;
+    let sessions = client.sessions(None).await?.len();
+    eprintln!(
+        "wrote {} ({sessions} sessions, {:.1} MB)",
+        file.display(),
+        json.len() as f64 / 1e6
+    );
+    Ok(())
+}
+
+/// A backup holds conversations: owner-only, like the replica.
+fn write_private(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut out = options.open(path)?;
+    out.write_all(bytes)?;
+    out.sync_all()
+}
+
+async fn import(client: &Client, file: &std::path::Path) -> anyhow::Result<()> {
+    let bytes = std::fs::read(file).with_context(|| format!("reading {}", file.display()))?;
+    serde_json::from_slice::<serde::de::IgnoredAny>(&bytes)
+        .with_context(|| format!("{} is not a JSON backup file", file.display()))?;
+    let bar = indicatif::ProgressBar::new(bytes.len() as u64).with_style(
+        indicatif::ProgressStyle::with_template("{msg} {bar:30} {bytes}/{total_bytes} ({eta})")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    bar.set_message("uploading");
+    let progress = bar.clone();
+    let summary = client
+        .import_nextchat(bytes, move |sent| progress.set_position(sent))
+        .await;
+    bar.finish_and_clear();
+    let summary = summary.map_err(explain)?;
+    eprintln!(
+        "imported: {} new, {} edited, {} already there, {} deleted earlier and left deleted",
+        summary.created, summary.edited, summary.stale, summary.deleted
+    );
+    Ok(())
 }
 
 async fn encryption(client: &Client, action: EncryptionAction) -> anyhow::Result<()> {

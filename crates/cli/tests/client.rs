@@ -304,3 +304,107 @@ async fn sigkill_during_pushes_loses_nothing_and_sends_nothing_twice() {
     assert_eq!(mine.len(), WRITES);
     assert_eq!(mine, servers);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn export_then_import_into_another_account_gives_the_same_state() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    let api = Api::new(&server);
+    api.register("from@example.org").await;
+    api.register("to@example.org").await;
+    let (from, to) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    login(from.path(), &server.base_url, "from@example.org");
+    login(to.path(), &server.base_url, "to@example.org");
+
+    // A NextChat-shaped history (entities carry their own `id`, as NextChat's do): sessions,
+    // their messages, a mask and a prompt.
+    for s in 0..3 {
+        let session = format!(
+            r#"{{"id":"s{s}","topic":"Trip {s}","lastUpdate":{},"mask":{{"name":"Default"}}}}"#,
+            1_700_000_000_000u64 + s
+        );
+        ok(
+            from.path(),
+            &["put", "sessions", &format!("s{s}"), "--fields", &session],
+            None,
+        );
+        for m in 0..4 {
+            let message = format!(
+                r#"{{"id":"s{s}-m{m}","session_id":"s{s}","position":{m},"role":"user","content":"message {m} of {s}","date":"2026-11-30"}}"#
+            );
+            ok(
+                from.path(),
+                &["put", "messages", &format!("s{s}-m{m}"), "--fields", &message],
+                None,
+            );
+        }
+    }
+    ok(
+        from.path(),
+        &[
+            "put",
+            "masks",
+            "k1",
+            "--fields",
+            r#"{"name":"Translator","context":[]}"#,
+        ],
+        None,
+    );
+    ok(
+        from.path(),
+        &[
+            "put",
+            "prompts",
+            "p1",
+            "--fields",
+            r#"{"title":"Summarize","content":"Summarize this"}"#,
+        ],
+        None,
+    );
+
+    let file = from.path().join("backup.json");
+    let file = file.to_str().expect("utf-8 path");
+    ok(from.path(), &["export", file], None);
+    let exported = json_of(&std::fs::read_to_string(file).expect("read the export"));
+    assert_eq!(
+        exported["chat-next-web-store"]["sessions"]
+            .as_array()
+            .map(Vec::len),
+        Some(3)
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = std::fs::metadata(file).expect("metadata").permissions().mode();
+        assert_eq!(mode & 0o077, 0, "the backup is owner-only");
+    }
+    ok(to.path(), &["import", file], None);
+
+    let state = |home: &Path| {
+        let listed = ok(home, &["list", "--json"], None);
+        let mut records: Vec<(String, String, Value)> = listed
+            .lines()
+            .map(json_of)
+            .filter(|r| r["collection"] != "config")
+            .map(|r| {
+                (
+                    r["collection"].as_str().unwrap_or_default().to_owned(),
+                    r["id"].as_str().unwrap_or_default().to_owned(),
+                    r["fields"].clone(),
+                )
+            })
+            .collect();
+        records.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+        records
+    };
+    let (mine, theirs) = (state(from.path()), state(to.path()));
+    assert_eq!(mine.len(), 3 + 12 + 2);
+    assert_eq!(mine, theirs);
+
+    // A second import of the same file changes nothing.
+    ok(to.path(), &["import", file], None);
+    assert_eq!(state(to.path()), mine);
+}

@@ -3,8 +3,8 @@
 
 use crate::error::Error;
 use nextsync_core::api::{
-    ConflictList, ErrorBody, LoginRequest, PullResponse, PushRequest, PushResponse, RecentResponse,
-    RecordView, RefreshRequest, ResolveRequest, Secret, TokenResponse,
+    ConflictList, ErrorBody, LoginRequest, MergeSummary, PullResponse, PushRequest, PushResponse,
+    RecentResponse, RecordView, RefreshRequest, ResolveRequest, Secret, TokenResponse,
 };
 use nextsync_core::api::{DeviceKind, MutationIn};
 use reqwest::{Method, StatusCode};
@@ -191,6 +191,48 @@ impl Http {
         }
         self.call::<(), _>(Method::GET, &path, Some(token), None, REQUEST_TIMEOUT)
             .await
+    }
+
+    /// Uploads a NextChat backup file for the server to merge (`POST /v1/import`), calling
+    /// `sent` with the bytes sent so far as the body goes out.
+    pub async fn import(
+        &self,
+        token: &Secret,
+        body: bytes::Bytes,
+        sent: std::sync::Arc<dyn Fn(u64) + Send + Sync>,
+    ) -> Result<MergeSummary, Error> {
+        const CHUNK: usize = 256 * 1024;
+        let total = body.len();
+        let chunks: Vec<bytes::Bytes> = (0..total)
+            .step_by(CHUNK)
+            .map(|at| body.slice(at..total.min(at + CHUNK)))
+            .collect();
+        let mut done = 0u64;
+        let stream = futures::stream::iter(chunks.into_iter().map(move |chunk| {
+            done += chunk.len() as u64;
+            sent(done);
+            Ok::<_, std::io::Error>(chunk)
+        }));
+        let response = self
+            .client
+            .post(format!("{}/v1/import?format=nextchat", self.base))
+            .bearer_auth(token.expose())
+            .header("content-type", "application/json")
+            .header("content-length", total)
+            .body(reqwest::Body::wrap_stream(stream))
+            .timeout(REQUEST_TIMEOUT * 10)
+            .send()
+            .await
+            .map_err(|e| Error::Unreachable(describe(&e)))?;
+        let status = response.status();
+        let bytes = response
+            .bytes()
+            .await
+            .map_err(|e| Error::Unreachable(describe(&e)))?;
+        if status.is_success() {
+            return serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("/v1/import: {e}")));
+        }
+        Err(server_error(status, &bytes))
     }
 
     pub async fn record(&self, token: &Secret, collection: &str, id: &str) -> Result<RecordView, Error> {

@@ -4,7 +4,13 @@
 
 use crate::replica::{Order, Query, Record};
 use crate::{Client, Error};
-use nextsync_core::nextchat::{CONFIG, MASKS, MESSAGES, POSITION, PROMPTS, SESSION_ID, SESSIONS};
+use nextsync_core::api::MergeSummary;
+use nextsync_core::ids::Seq;
+use nextsync_core::nextchat::{
+    COLLECTIONS, CONFIG, MASKS, MESSAGES, POSITION, PROMPTS, RenderOptions, SESSION_ID, SESSIONS, render,
+};
+use nextsync_core::push::RecordKey;
+use nextsync_core::sync::RawRecord;
 use serde_json::{Map, Value, json};
 
 /// A session with its messages, in the order NextChat shows them.
@@ -85,6 +91,77 @@ impl Client {
             ..Query::default()
         })
         .await
+    }
+
+    /// A NextChat backup file (the five stores NextChat's "Export" writes) of this replica's
+    /// state, rendered locally: it works offline and, for an end-to-end encrypted account, is
+    /// the only way to one (the server holds ciphertext). Secrets never reach the replica, so
+    /// none are in the file.
+    pub async fn export_nextchat(&self) -> Result<Vec<u8>, Error> {
+        let mut records = Vec::new();
+        for collection in COLLECTIONS {
+            for record in self
+                .list(Query {
+                    collection: Some(collection.into()),
+                    ..Query::default()
+                })
+                .await?
+            {
+                // The renderer reads stored records: visible values with a stamp each.
+                let fields: Map<String, Value> = record
+                    .fields
+                    .into_iter()
+                    .map(|(name, value)| (name, json!({ "v": value, "h": record.updated })))
+                    .collect();
+                let raw = RawRecord {
+                    fields: Value::Object(fields).to_string(),
+                    tombstone: None,
+                    tombstone_seq: None,
+                    seq: record.seq.unwrap_or(Seq(u64::MAX)),
+                };
+                records.push((
+                    RecordKey {
+                        collection: record.collection,
+                        id: record.id,
+                    },
+                    raw,
+                ));
+            }
+        }
+        let rendered = tokio::task::spawn_blocking(move || {
+            render(&records, RenderOptions { sync_settings: true }, Vec::new())
+        })
+        .await
+        .map_err(|e| Error::Replica(format!("render task failed: {e}")))?
+        .map_err(|e| Error::Replica(format!("a record cannot be rendered: {e:?}")))?;
+        Ok(rendered.json)
+    }
+
+    /// Merges a NextChat backup file into the account on the server (the server's merge:
+    /// entities it has seen are not duplicated, deletions made through nextsync stay), then
+    /// pulls the result. `sent` hears the upload's progress in bytes.
+    pub async fn import_nextchat(
+        &self,
+        file: Vec<u8>,
+        sent: impl Fn(u64) + Send + Sync + 'static,
+    ) -> Result<MergeSummary, Error> {
+        if self.encryption()? != crate::Encryption::Off {
+            return Err(Error::Crypto(
+                "importing into an end-to-end encrypted account is not supported yet (the server's \
+                 merge cannot read its records)"
+                    .into(),
+            ));
+        }
+        let body = bytes::Bytes::from(file);
+        let sent: std::sync::Arc<dyn Fn(u64) + Send + Sync> = std::sync::Arc::new(sent);
+        let summary = self
+            .authed(|http, token| {
+                let (body, sent) = (body.clone(), sent.clone());
+                async move { http.import(&token, body, sent).await }
+            })
+            .await?;
+        self.pull_to_head().await?;
+        Ok(summary)
     }
 
     /// One of NextChat's settings stores (`app-config`, `access-control`).

@@ -146,6 +146,10 @@ async fn encrypted_values_round_trip_and_the_server_holds_only_ciphertext() {
         Some(json!("after the change"))
     );
 
+    // A backup file comes from the replica, in clear, though the server cannot render one.
+    let backup = String::from_utf8(phone.export_nextchat().await.expect("export")).expect("utf-8");
+    assert!(backup.contains(&format!("{marker} from the laptop")), "{backup}");
+
     // Nothing typed after encryption was enabled is in the server's files, WAL included.
     let found = db.files_containing(marker.as_bytes()).await;
     assert!(found.is_empty(), "plaintext in {found:?}");
