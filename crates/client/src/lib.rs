@@ -60,8 +60,6 @@ pub const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 const PULL_PAGE: u32 = 1000;
 /// Sessions a new device fetches first (with their messages), before the full pull.
 const RECENT_SESSIONS: u32 = 20;
-/// An access token is renewed when it has less than this left.
-const RENEW_BEFORE_MS: u64 = 60_000;
 
 /// The wall clock, in Unix milliseconds; replaceable to test a device with a wrong clock.
 pub type WallClock = Arc<dyn Fn() -> u64 + Send + Sync>;
@@ -73,6 +71,9 @@ pub struct Options {
     pub clock: WallClock,
     /// After the socket is found blocked, how long to long-poll before trying it again.
     pub socket_retry: Duration,
+    /// An access token is renewed when it has less than this left (the server's tokens live
+    /// 15 minutes).
+    pub renew_before: Duration,
     /// The passphrase's Argon2id cost when this client enables encryption or changes the
     /// passphrase (unlocking uses the cost stored with the keyring).
     pub kdf: KdfParams,
@@ -84,6 +85,7 @@ impl Default for Options {
             device_name: default_device_name(),
             clock: Arc::new(system_ms),
             socket_retry: Duration::from_secs(300),
+            renew_before: Duration::from_secs(60),
             kdf: KdfParams::default(),
         }
     }
@@ -693,6 +695,10 @@ impl Client {
         });
     }
 
+    pub(crate) fn renew_before_ms(&self) -> u64 {
+        self.inner.options.renew_before.as_millis() as u64
+    }
+
     pub(crate) fn outbox_ready(&self) -> &Notify {
         &self.inner.outbox_ready
     }
@@ -709,7 +715,7 @@ impl Client {
     pub(crate) async fn access_token(&self) -> Result<(Secret, u64), Error> {
         let session = self.session().ok_or(Error::NotSignedIn)?;
         match session.access_token {
-            Some(token) if session.access_expires_ms > system_ms() + RENEW_BEFORE_MS => {
+            Some(token) if session.access_expires_ms > system_ms() + self.renew_before_ms() => {
                 Ok((token, session.access_expires_ms))
             }
             Some(_) => self.renew(session.access_token).await,
@@ -746,7 +752,7 @@ impl Client {
         let mut session = stored.ok_or(Error::NotSignedIn)?;
         if let Some(token) = &session.access_token
             && session.access_token != stale
-            && session.access_expires_ms > system_ms() + RENEW_BEFORE_MS
+            && session.access_expires_ms > system_ms() + self.renew_before_ms()
         {
             *lock(&self.inner.session) = Some(session.clone());
             return Ok((token.clone(), session.access_expires_ms));

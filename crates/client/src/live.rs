@@ -260,7 +260,7 @@ async fn follow_socket(client: &Client, stop: &mut watch::Receiver<bool>) -> Out
         return Outcome::Dropped(opened.elapsed());
     }
 
-    let mut renew_at = renew_instant(expires_ms);
+    let mut renew_at = renew_instant(expires_ms, client.renew_before_ms());
     let mut outbox_check = interval(OUTBOX_CHECK);
     outbox_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
@@ -326,7 +326,7 @@ async fn follow_socket(client: &Client, stop: &mut watch::Receiver<bool>) -> Out
                         if send(&mut socket, &frame).await.is_err() {
                             return Outcome::Dropped(opened.elapsed());
                         }
-                        renew_at = renew_instant(expires_ms);
+                        renew_at = renew_instant(expires_ms, client.renew_before_ms());
                     }
                     Err(e) => return outcome_of(client, e).await,
                 }
@@ -343,9 +343,9 @@ where
     socket.send(Message::text(text)).await.map_err(drop)
 }
 
-/// A minute before the token expires (at once if that has passed).
-fn renew_instant(expires_ms: u64) -> Instant {
-    let left = expires_ms.saturating_sub(system_ms() + 60_000);
+/// `before_ms` before the token expires (at once if that has passed).
+fn renew_instant(expires_ms: u64, before_ms: u64) -> Instant {
+    let left = expires_ms.saturating_sub(system_ms() + before_ms);
     Instant::now() + Duration::from_millis(left)
 }
 

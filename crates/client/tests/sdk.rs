@@ -572,3 +572,57 @@ async fn title_of(client: &Client, id: &str) -> Option<Value> {
         .expect("get")
         .and_then(|r| r.fields.get("topic").cloned())
 }
+
+#[tokio::test]
+async fn the_access_token_is_renewed_on_the_open_socket_before_it_expires() {
+    let db = TestDb::sqlite();
+    let mut config = db.config();
+    // Tokens of 4 s, renewed with 2 s left: without the `auth` frame the server would close
+    // the socket with token_expired at 4 s and the client would reconnect.
+    config.access_token_ttl = Duration::from_secs(4);
+    let server = TestServer::start(config).await;
+    Api::new(&server).register("jo@example.org").await;
+    let laptop = Device::login(&server.base_url, "jo@example.org", "laptop").await;
+    let options = Options {
+        renew_before: Duration::from_secs(2),
+        ..Options::default()
+    };
+    let phone = Device::login_with(&server.base_url, "jo@example.org", "phone", options).await;
+    let token = || {
+        let path = phone._dir.path().join("replica.sqlite3");
+        let replica = nextsync_client::replica::Replica::open(&path).expect("open");
+        let session: Value =
+            serde_json::from_str(&replica.meta("session").expect("meta").expect("session")).expect("json");
+        session["access_token"].clone()
+    };
+    let first = token();
+    let live = phone.client.start();
+    assert!(wait_for_connection(&phone.client, Connection::Live, Duration::from_secs(10)).await);
+    let mut states = phone.client.connection();
+    states.borrow_and_update();
+
+    tokio::time::sleep(Duration::from_secs(7)).await;
+    assert_ne!(token(), first, "renewed");
+    assert!(
+        !states.has_changed().expect("watch"),
+        "the socket never dropped: now {:?}",
+        *states.borrow()
+    );
+    let mut changes = phone.client.subscribe();
+    laptop
+        .client
+        .put(
+            "sessions",
+            "after-renewal",
+            fields(json!({"title": "still live"})),
+        )
+        .await
+        .expect("put");
+    laptop.client.sync().await.expect("sync");
+    assert!(
+        change_of(&mut changes, "after-renewal", Duration::from_secs(5))
+            .await
+            .is_some()
+    );
+    live.stop().await;
+}
