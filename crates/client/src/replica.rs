@@ -241,7 +241,9 @@ impl Replica {
             clock.observe(&parse_hlc(&last)?);
         }
         let hlc = clock.tick(now_ms).map_err(|e| Error::Replica(e.to_string()))?;
-        let base_seq = cursor_seq(&tx)?;
+        // What this device had seen when it wrote: nothing yet is seq 0, never "absent",
+        // which the server reads as "saw everything" (no conflict would be kept).
+        let base_seq = Some(cursor_seq(&tx)?.unwrap_or(Seq(0)));
         let (op_name, fields) = match &op {
             Op::Upsert(fields) => ("upsert", Some(serde_json::to_string(fields)?)),
             Op::Delete => ("delete", None),

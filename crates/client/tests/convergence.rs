@@ -1,6 +1,8 @@
 //! Randomized schedules of several SDK clients that go offline and online, edit the same
 //! records and fields, delete, and run on clocks minutes apart: at the end every replica
-//! equals the server, record for record.
+//! equals the server, record for record, and no value anyone typed vanished silently: each
+//! is the final value, or was overwritten by a device that showed it when it wrote, or is
+//! in the conflict list.
 //!
 //! Each schedule is a seed: a failure prints it, and `NEXTSYNC_SEED=<seed>` replays exactly
 //! that one. `NEXTSYNC_SCHEDULES` runs more (default 200).
@@ -9,7 +11,7 @@ use nextsync_client::{Client, Options, Query};
 use nextsync_core::api::Secret;
 use nextsync_testkit::{Api, PASSWORD, TestDb, TestServer};
 use serde_json::{Map, Value, json};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -111,10 +113,16 @@ async fn replicas_converge_under_random_offline_schedules_and_skewed_clocks() {
         }
     };
     let mut writes = 0;
+    let mut conflicts = 0;
+    // NEXTSYNC_TRACE=1 prints every step (with NEXTSYNC_SEED, one schedule's story).
+    let trace = std::env::var("NEXTSYNC_TRACE").is_ok();
     for seed in &seeds {
         let collection = format!("c{seed}");
         let mut rng = Rng::new(*seed);
         let mut online = [true; CLIENTS];
+        // Every value written, and those a device overwrote or deleted while it showed them.
+        let mut written: Vec<(String, String, String)> = Vec::new();
+        let mut knowingly: HashSet<(String, String, String)> = HashSet::new();
         for step in 0..STEPS {
             let c = rng.below(CLIENTS as u64) as usize;
             let client = &clients[c];
@@ -127,21 +135,67 @@ async fn replicas_converge_under_random_offline_schedules_and_skewed_clocks() {
                             fields.insert(format!("f{f}"), json!(format!("{c}:{step}")));
                         }
                     }
+                    let shown = client
+                        .get(&collection, &id)
+                        .await
+                        .expect("get")
+                        .filter(|r| !r.deleted);
+                    for (name, value) in &fields {
+                        if let Some(old) = shown
+                            .as_ref()
+                            .and_then(|r| r.fields.get(name))
+                            .and_then(Value::as_str)
+                        {
+                            knowingly.insert((id.clone(), name.clone(), old.to_owned()));
+                        }
+                        let value = value.as_str().expect("string").to_owned();
+                        written.push((id.clone(), name.clone(), value));
+                    }
+                    if trace {
+                        eprintln!(
+                            "{step}: client {c} put {id} {fields:?} (shown {:?})",
+                            shown.as_ref().map(|r| &r.fields)
+                        );
+                    }
                     client.put(&collection, &id, fields).await.expect("put");
                     writes += 1;
                 }
                 5 => {
+                    let shown = client
+                        .get(&collection, &id)
+                        .await
+                        .expect("get")
+                        .filter(|r| !r.deleted);
+                    for (name, old) in shown.iter().flat_map(|r| r.fields.iter()) {
+                        if let Some(old) = old.as_str() {
+                            knowingly.insert((id.clone(), name.clone(), old.to_owned()));
+                        }
+                    }
+                    if trace {
+                        eprintln!(
+                            "{step}: client {c} delete {id} (shown {:?})",
+                            shown.as_ref().map(|r| &r.fields)
+                        );
+                    }
                     client.delete(&collection, &id).await.expect("delete");
                     writes += 1;
                 }
                 6..=8 if online[c] => {
+                    if trace {
+                        eprintln!("{step}: client {c} syncs");
+                    }
                     client
                         .sync()
                         .await
                         .unwrap_or_else(|e| panic!("seed {seed}: sync of client {c}: {e}"));
                 }
                 6..=8 => {}
-                _ => online[c] = !online[c],
+                _ => {
+                    online[c] = !online[c];
+                    if trace {
+                        eprintln!("{step}: client {c} online: {}", online[c]);
+                    }
+                }
             }
         }
         // Everyone comes back: two rounds bring every write to every replica.
@@ -167,9 +221,44 @@ async fn replicas_converge_under_random_offline_schedules_and_skewed_clocks() {
                 "seed {seed}: client {c} differs from the server"
             );
         }
+        // Nothing typed vanished without a trace.
+        let (status, listed) = api.get("/v1/conflicts", Some(&owner.access)).await;
+        assert_eq!(status, 200);
+        let mut in_conflicts = HashSet::new();
+        for c in listed["conflicts"].as_array().expect("conflicts") {
+            if c["collection"] != json!(collection) {
+                continue;
+            }
+            if trace {
+                eprintln!(
+                    "conflict {}.{}: kept {} lost {}",
+                    c["id"], c["field"], c["kept"], c["lost"]
+                );
+            }
+            for side in ["kept", "lost"] {
+                if let Some(value) = c[side]["value"].as_str() {
+                    let id = c["id"].as_str().unwrap_or_default().to_owned();
+                    let field = c["field"].as_str().unwrap_or_default().to_owned();
+                    in_conflicts.insert((id, field, value.to_owned()));
+                }
+            }
+        }
+        for entry in &written {
+            let (id, field, value) = entry;
+            let is_final = expected
+                .get(id)
+                .and_then(|f| f.get(field))
+                .and_then(Value::as_str)
+                == Some(value.as_str());
+            assert!(
+                is_final || knowingly.contains(entry) || in_conflicts.contains(entry),
+                "seed {seed}: {collection}/{id} field {field} value {value:?} was lost without a conflict"
+            );
+        }
+        conflicts += in_conflicts.len();
     }
     eprintln!(
-        "{} schedules, {writes} writes, all replicas equal to the server",
+        "{} schedules, {writes} writes, {conflicts} conflict sides: every replica equal to the server, nothing lost silently",
         seeds.len()
     );
     assert!(
