@@ -76,21 +76,7 @@ impl Http {
         if let Some(body) = body {
             request = request.json(body);
         }
-        let response = request
-            .send()
-            .await
-            .map_err(|e| Error::Unreachable(describe(&e)))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Error::Unreachable(describe(&e)))?;
-        if status.is_success() {
-            // An empty answer (204) reads as `null`.
-            let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
-            return serde_json::from_slice(body).map_err(|e| Error::Protocol(format!("{path}: {e}")));
-        }
-        Err(server_error(status, &bytes))
+        answer(request, path).await
     }
 
     pub async fn login(
@@ -213,26 +199,15 @@ impl Http {
             sent(done);
             Ok::<_, std::io::Error>(chunk)
         }));
-        let response = self
+        let request = self
             .client
             .post(format!("{}/v1/import?format=nextchat", self.base))
             .bearer_auth(token.expose())
             .header("content-type", "application/json")
             .header("content-length", total)
             .body(reqwest::Body::wrap_stream(stream))
-            .timeout(REQUEST_TIMEOUT * 10)
-            .send()
-            .await
-            .map_err(|e| Error::Unreachable(describe(&e)))?;
-        let status = response.status();
-        let bytes = response
-            .bytes()
-            .await
-            .map_err(|e| Error::Unreachable(describe(&e)))?;
-        if status.is_success() {
-            return serde_json::from_slice(&bytes).map_err(|e| Error::Protocol(format!("/v1/import: {e}")));
-        }
-        Err(server_error(status, &bytes))
+            .timeout(REQUEST_TIMEOUT * 10);
+        answer(request, "/v1/import").await
     }
 
     pub async fn record(&self, token: &Secret, collection: &str, id: &str) -> Result<RecordView, Error> {
@@ -261,6 +236,25 @@ impl Http {
             .await
             .map(drop)
     }
+}
+
+/// Sends `request`; a success is its JSON body (an empty one reads as `null`), anything
+/// else an [`Error`].
+async fn answer<T: DeserializeOwned>(request: reqwest::RequestBuilder, path: &str) -> Result<T, Error> {
+    let response = request
+        .send()
+        .await
+        .map_err(|e| Error::Unreachable(describe(&e)))?;
+    let status = response.status();
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| Error::Unreachable(describe(&e)))?;
+    if status.is_success() {
+        let body: &[u8] = if bytes.is_empty() { b"null" } else { &bytes };
+        return serde_json::from_slice(body).map_err(|e| Error::Protocol(format!("{path}: {e}")));
+    }
+    Err(server_error(status, &bytes))
 }
 
 /// The server's error shape, or a description of whatever answered instead (a proxy's page).

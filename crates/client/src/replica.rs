@@ -878,6 +878,20 @@ mod tests {
         }
     }
 
+    /// Writes `title` to sessions/`id` at `ms`; returns the write's mutation id.
+    fn write_title(r: &Replica, id: &str, title: &str, ms: u64) -> String {
+        r.write(
+            "sessions",
+            id,
+            Op::Upsert(fields(json!({ "title": title }))),
+            "dev",
+            ms,
+        )
+        .expect("write");
+        let unsent = r.unsent(1000, 1 << 20).expect("unsent");
+        unsent.last().expect("a write").mutation.mutation_id.clone()
+    }
+
     fn cursor(seq: u64) -> String {
         Cursor {
             epoch: "e1".into(),
@@ -913,18 +927,7 @@ mod tests {
     #[test]
     fn an_acknowledged_write_stays_visible_until_the_pull_passes_it() {
         let (_dir, r) = replica();
-        r.write(
-            "sessions",
-            "s1",
-            Op::Upsert(fields(json!({"title": "mine"}))),
-            "dev",
-            1_000,
-        )
-        .expect("write");
-        let id = r.unsent(10, 1 << 20).expect("unsent")[0]
-            .mutation
-            .mutation_id
-            .clone();
+        let id = write_title(&r, "s1", "mine", 1_000);
         let ack = MutationResult {
             mutation_id: id,
             status: nextsync_core::api::MutationStatus::Applied,
@@ -969,18 +972,7 @@ mod tests {
     #[test]
     fn a_write_that_lost_to_a_newer_stamp_gives_way_to_the_server_state() {
         let (_dir, r) = replica();
-        r.write(
-            "sessions",
-            "s1",
-            Op::Upsert(fields(json!({"title": "old"}))),
-            "dev",
-            1_000,
-        )
-        .expect("write");
-        let id = r.unsent(10, 1 << 20).expect("unsent")[0]
-            .mutation
-            .mutation_id
-            .clone();
+        let id = write_title(&r, "s1", "old", 1_000);
         // The server already held a newer title at seq 7, which this device has pulled.
         r.apply_page(
             &[view("s1", "newer", "000000000002000-00000-b", 7)],
@@ -1028,18 +1020,7 @@ mod tests {
     #[test]
     fn a_refused_write_moves_aside_and_its_record_reverts() {
         let (_dir, r) = replica();
-        r.write(
-            "sessions",
-            "s1",
-            Op::Upsert(fields(json!({"title": "x"}))),
-            "dev",
-            1_000,
-        )
-        .expect("write");
-        let id = r.unsent(10, 1 << 20).expect("unsent")[0]
-            .mutation
-            .mutation_id
-            .clone();
+        let id = write_title(&r, "s1", "x", 1_000);
         let changes = r
             .reject(&id, "field_too_large", "too big", 2_000)
             .expect("reject");
