@@ -22,13 +22,7 @@ pub struct ClientArgs {
     #[arg(long, global = true, env = "NEXTSYNC_PROFILE", default_value = "default")]
     profile: String,
     /// Keep every profile in this directory instead of the platform's data directory.
-    #[arg(
-        long,
-        global = true,
-        env = "NEXTSYNC_CLIENT_HOME",
-        value_name = "DIR",
-        hide = true
-    )]
+    #[arg(long, global = true, env = "NEXTSYNC_CLIENT_HOME", value_name = "DIR")]
     client_home: Option<PathBuf>,
 }
 
