@@ -18,6 +18,15 @@ pub enum AdminCommand {
     /// Manage accounts.
     #[command(subcommand)]
     User(UserCommand),
+    /// Copy the embedded database to FILE while the server runs (consistent at one moment).
+    Backup { file: std::path::PathBuf },
+    /// Put a backup in place of the embedded database; the server must be stopped.
+    Restore {
+        file: std::path::PathBuf,
+        /// Confirm replacing the current database (kept beside it).
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -51,9 +60,17 @@ pub enum UserCommand {
 }
 
 pub async fn run(config: Config, command: AdminCommand) -> anyhow::Result<()> {
+    let command = match command {
+        AdminCommand::User(command) => command,
+        AdminCommand::Backup { file } => {
+            return tokio::task::spawn_blocking(move || crate::backup::backup(&config, &file)).await?;
+        }
+        AdminCommand::Restore { file, yes } => {
+            return tokio::task::spawn_blocking(move || crate::backup::restore(&config, &file, yes)).await?;
+        }
+    };
     nextsync_server::secrets::ensure_data_dir(&config.data_dir)?;
     let store = nextsync_server::state::open_store(&config).await?;
-    let AdminCommand::User(command) = command;
     match command {
         UserCommand::Create {
             email,

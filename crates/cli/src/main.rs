@@ -6,12 +6,13 @@
 //! - [`client`]: the client commands, on the SDK's local replica.
 
 mod admin;
+mod backup;
 mod client;
 mod settings;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use settings::Settings;
+use settings::{LogFormat, Settings};
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -27,25 +28,13 @@ struct Cli {
     /// TOML config file; its keys are the flag names with `_` for `-`.
     #[arg(long, global = true, env = "NEXTSYNC_CONFIG", value_name = "FILE")]
     config: Option<PathBuf>,
-    /// Log format.
-    #[arg(
-        long,
-        global = true,
-        env = "NEXTSYNC_LOG_FORMAT",
-        default_value = "text",
-        value_name = "text|json"
-    )]
-    log_format: LogFormat,
+    /// Log format (default text; `log_format` in the config file works too).
+    #[arg(long, global = true, env = "NEXTSYNC_LOG_FORMAT", value_name = "text|json")]
+    log_format: Option<LogFormat>,
     #[command(flatten)]
     client: client::ClientArgs,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-enum LogFormat {
-    Text,
-    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -78,10 +67,17 @@ fn main() -> ExitCode {
     // One TLS crypto provider for the whole process (rustls, sqlx, lettre); must come first.
     let _ = rustls::crypto::ring::default_provider().install_default();
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    let result = tokio::runtime::Runtime::new()
-        .context("starting the async runtime")
-        .and_then(|runtime| runtime.block_on(run(cli)));
+    // The file is read before logging starts: it may choose the log format.
+    let result = match &cli.config {
+        Some(path) => Settings::from_file(path),
+        None => Ok(Settings::default()),
+    }
+    .and_then(|file| {
+        init_logging(cli.log_format.or(file.log_format).unwrap_or_default());
+        tokio::runtime::Runtime::new()
+            .context("starting the async runtime")
+            .and_then(|runtime| runtime.block_on(run(cli, file)))
+    });
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -92,11 +88,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn run(cli: Cli) -> anyhow::Result<()> {
-    let file = match &cli.config {
-        Some(path) => Settings::from_file(path)?,
-        None => Settings::default(),
-    };
+async fn run(cli: Cli, file: Settings) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve {
             settings,
@@ -111,6 +103,14 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 return Ok(());
             }
             let bind = config.bind;
+            // One server per embedded database: `admin restore` must be able to tell.
+            let _lock = match config.database_url {
+                None => {
+                    nextsync_server::secrets::ensure_data_dir(&config.data_dir)?;
+                    Some(backup::lock_data_dir(&config.data_dir)?)
+                }
+                Some(_) => None,
+            };
             let state = nextsync_server::AppState::open(config).await?;
             let listener = tokio::net::TcpListener::bind(bind)
                 .await

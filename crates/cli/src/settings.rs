@@ -112,6 +112,19 @@ pub struct Settings {
     /// How far ahead of the server's clock a write's stamp may be.
     #[arg(long, env = "NEXTSYNC_MAX_CLOCK_SKEW", value_name = "DURATION")]
     pub max_clock_skew: Option<DurationArg>,
+    /// `text` or `json`: the file's twin of the global `--log-format` flag (which wins).
+    #[arg(skip)]
+    #[serde(default)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Text,
+    Json,
 }
 
 macro_rules! layer {
@@ -161,6 +174,7 @@ impl Settings {
                 max_mutations_per_push,
                 max_field_bytes,
                 max_clock_skew,
+                log_format,
             ]
         )
     }

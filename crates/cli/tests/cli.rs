@@ -619,3 +619,165 @@ async fn two_instances_on_postgres_and_redis_are_one_service() {
     );
     redis.stop();
 }
+
+/// Pulls every record id of the account from the feed.
+async fn all_ids(api: &Api, token: Option<&str>) -> std::collections::HashSet<String> {
+    let mut ids = std::collections::HashSet::new();
+    let mut since = String::new();
+    loop {
+        let (status, page) = api
+            .get(&format!("/v1/sync/pull?limit=1000&since={since}"), token)
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        for change in page["changes"].as_array().expect("changes") {
+            ids.insert(change["id"].as_str().expect("id").to_owned());
+        }
+        since = page["cursor"].as_str().expect("cursor").to_owned();
+        if page["has_more"] != json!(true) {
+            return ids;
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_under_write_load_restores_every_write_acknowledged_before_it() {
+    let db = TestDb::sqlite();
+    let mut cmd = nextsync(&db.data_dir());
+    cmd.arg("serve")
+        .args(store_args(&db))
+        .args(["--bind", "127.0.0.1:0"]);
+    let server = ServerProcess::spawn(cmd);
+    let api = server.api();
+    let session = api.register("ann@example.org").await;
+
+    // Writers keep pushing while the backup runs; each remembers what was acknowledged when.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut writers = Vec::new();
+    for w in 0..2u32 {
+        let (api, token, stop) = (server.api(), session.access.clone(), stop.clone());
+        writers.push(tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let id = format!("w{w}-{n}");
+                let body = json!({ "mutations": [note(&id, n % 90_000)] });
+                let (status, _) = api.post("/v1/sync/push", Some(&token), body).await;
+                assert_eq!(status, StatusCode::OK);
+                acked.push((id, std::time::Instant::now()));
+                n += 1;
+            }
+            acked
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let backup = db.data_dir().join("backup.db");
+    let started = std::time::Instant::now();
+    let out = {
+        let mut cmd = nextsync(&db.data_dir());
+        cmd.arg("admin").args(store_args(&db)).arg("backup").arg(&backup);
+        run(cmd, None)
+    };
+    assert!(
+        out.status.success(),
+        "backup failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut before = Vec::new();
+    let mut total = 0;
+    for writer in writers {
+        for (id, at) in writer.await.expect("writer") {
+            total += 1;
+            if at < started {
+                before.push(id);
+            }
+        }
+    }
+    assert!(
+        before.len() > 20 && total > before.len(),
+        "{} before, {total} in all",
+        before.len()
+    );
+
+    // Restoring over the running server's data dir is refused.
+    let refused = {
+        let mut cmd = nextsync(&db.data_dir());
+        cmd.arg("admin")
+            .args(store_args(&db))
+            .args(["restore", "--yes"])
+            .arg(&backup);
+        run(cmd, None)
+    };
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("stop it first"));
+    let (_, head) = api.get("/v1/sync/pull?limit=1", session.token()).await;
+    let old_cursor = head["cursor"].as_str().expect("cursor").to_owned();
+    drop(server);
+
+    // Into a fresh data dir, with the old one's secrets (the README's advice).
+    let fresh = TestDb::sqlite();
+    for secret in ["jwt_secret", "secrets_key"] {
+        let from = db.data_dir().join(secret);
+        if from.exists() {
+            std::fs::copy(&from, fresh.data_dir().join(secret)).expect("copy secret");
+        }
+    }
+    let mut cmd = nextsync(&fresh.data_dir());
+    cmd.arg("admin")
+        .args(store_args(&fresh))
+        .arg("restore")
+        .arg(&backup);
+    let out = run(cmd, None);
+    assert!(
+        out.status.success(),
+        "restore failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut cmd = nextsync(&fresh.data_dir());
+    cmd.arg("serve")
+        .args(store_args(&fresh))
+        .args(["--bind", "127.0.0.1:0"]);
+    let restored = ServerProcess::spawn(cmd);
+    let api = restored.api();
+    let session = api.login("ann@example.org", PASSWORD).await;
+    let ids = all_ids(&api, session.token()).await;
+    let missing: Vec<_> = before.iter().filter(|id| !ids.contains(*id)).collect();
+    assert!(
+        missing.is_empty(),
+        "lost {} acknowledged writes, e.g. {:?}",
+        missing.len(),
+        missing.first()
+    );
+    // A cursor from before the restore is of another epoch: the client resyncs, never skips.
+    let (status, body) = api
+        .get(&format!("/v1/sync/pull?since={old_cursor}"), session.token())
+        .await;
+    assert_eq!(
+        (status, nextsync_testkit::error_code(&body)),
+        (StatusCode::CONFLICT, "resync_required")
+    );
+}
+
+#[test]
+fn log_format_can_come_from_the_config_file() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = dir.path().join("nextsync.toml");
+    std::fs::write(&config, "log_format = \"json\"\nbind = \"127.0.0.1:0\"\n").expect("write config");
+    let mut child = nextsync(dir.path())
+        .args(["--config", config.to_str().expect("utf-8"), "serve", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let mut first = String::new();
+    BufReader::new(child.stderr.take().expect("stderr"))
+        .read_line(&mut first)
+        .expect("a log line");
+    let _ = child.kill();
+    let _ = child.wait();
+    let line: serde_json::Value =
+        serde_json::from_str(&first).unwrap_or_else(|e| panic!("not JSON ({e}): {first}"));
+    assert!(line["fields"]["message"].is_string(), "{line}");
+}
