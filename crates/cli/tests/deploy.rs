@@ -63,18 +63,34 @@ fn the_image_builds_in_two_stages_and_runs_unprivileged_with_a_volume_and_a_heal
         .map(str::trim)
         .filter(|l| !l.starts_with('#'))
         .collect();
-    let starting = |word: &str| lines.iter().filter(|l| l.starts_with(word)).copied().collect::<Vec<_>>();
+    let starting = |word: &str| {
+        lines
+            .iter()
+            .filter(|l| l.starts_with(word))
+            .copied()
+            .collect::<Vec<_>>()
+    };
     assert_eq!(starting("FROM ").len(), 2, "a build stage and a run stage");
     assert!(starting("FROM ")[0].ends_with("AS build"));
-    assert!(starting("COPY --from=build ").len() == 1, "only the binary crosses over");
+    assert!(
+        starting("COPY --from=build ").len() == 1,
+        "only the binary crosses over"
+    );
     let user = starting("USER ");
     assert!(
         user.len() == 1 && !["USER root", "USER 0"].contains(&user[0]),
         "{user:?}"
     );
-    assert!(starting("VOLUME ").iter().any(|l| l.contains("/var/lib/nextsync")));
+    assert!(
+        starting("VOLUME ")
+            .iter()
+            .any(|l| l.contains("/var/lib/nextsync"))
+    );
     assert!(starting("HEALTHCHECK ").len() == 1 && dockerfile.contains("/readyz"));
-    assert!(dockerfile.contains("--locked"), "the image builds from Cargo.lock");
+    assert!(
+        dockerfile.contains("--locked"),
+        "the image builds from Cargo.lock"
+    );
 }
 
 #[test]
