@@ -580,19 +580,25 @@ async fn two_instances_on_postgres_and_redis_are_one_service() {
         assert!(live.is_some(), "an instance did not resubscribe to Redis");
     }
     // …and delivery is live again, not the degraded re-read every 2 s: after a first push
-    // (whose publish reconnects A's Redis connection), each of four more reaches the other
-    // instance's socket well within that interval (by luck alone: ~0.2 %).
-    for n in 4..9 {
+    // (whose publish reconnects A's Redis connection), the median of eight more reaches the
+    // other instance's socket in under 250 ms. Re-reads every 2 s would put each delivery
+    // anywhere in 0–2 s: a median that low by luck is under 1 %. (A median, not each one: on
+    // this noisy machine a single live delivery took 425 ms once.)
+    let mut took = Vec::new();
+    for n in 4..13 {
         let started = std::time::Instant::now();
         push(n).await;
         let (ids, _) = ws::changes(&mut socket, 1, Duration::from_secs(5)).await;
         assert_eq!(ids, [format!("n{n}")]);
-        assert!(
-            n == 4 || started.elapsed() < Duration::from_millis(400),
-            "push {n} took {:?}: delivery is not live",
-            started.elapsed()
-        );
+        if n > 4 {
+            took.push(started.elapsed());
+        }
     }
+    took.sort();
+    assert!(
+        took[took.len() / 2] < Duration::from_millis(250),
+        "deliveries took {took:?}: not live"
+    );
     assert!(
         ws::recv(&mut socket, Duration::from_millis(500)).await.is_none(),
         "no duplicates"
