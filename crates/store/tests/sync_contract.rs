@@ -28,17 +28,8 @@ async fn user(store: &dyn Store, email: &str) -> UserId {
 }
 
 fn upsert(mutation_id: &str, id: &str, ms: u64, fields: serde_json::Value) -> Mutation {
-    Mutation {
-        mutation_id: mutation_id.into(),
-        key: RecordKey {
-            collection: "messages".into(),
-            id: id.into(),
-        },
-        op: Op::Upsert(fields.as_object().expect("object").clone()),
-        hlc: Some(Hlc::new(ms, 0, "laptop").expect("hlc")),
-        base_seq: None,
-        precondition: None,
-    }
+    let fields = Op::Upsert(fields.as_object().expect("object").clone());
+    write(mutation_id, "messages", id, ms, fields)
 }
 
 both_backends!(
