@@ -42,12 +42,15 @@ pub use replica::{Change, Order, Origin, Query, Record, Rejected};
 
 use crypto::{DataKey, KEYRING_ID, KEYS_COLLECTION};
 use http::Http;
-use nextsync_core::api::{Choice, ConflictView, RecordView, ResolveRequest, Secret, TokenResponse};
+use nextsync_core::api::{
+    Choice, ConflictView, MutationIn, RecordView, ResolveRequest, Secret, TokenResponse,
+};
 use nextsync_core::time::Timestamp;
 use replica::{Op, Pending, Replica};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::{Notify, broadcast, watch};
@@ -194,6 +197,9 @@ pub(crate) struct Inner {
     http: Mutex<Option<Http>>,
     /// The account's data key, once enabled or unlocked here.
     key: Mutex<Option<DataKey>>,
+    /// The account is known to be end-to-end encrypted (mirrors `meta.e2ee`, so the hot paths
+    /// need no query).
+    encrypted: AtomicBool,
     changes: broadcast::Sender<Change>,
     connection: watch::Sender<Connection>,
     /// Poked by every local write, so the live loop pushes at once.
@@ -225,6 +231,7 @@ impl Client {
             .meta("e2ee_key")?
             .map(|k| DataKey::import(&k))
             .transpose()?;
+        let encrypted = replica.meta("e2ee")?.is_some();
         let mut lock_path = path.as_os_str().to_owned();
         lock_path.push(".lock");
         let (changes, _) = broadcast::channel(1024);
@@ -241,6 +248,7 @@ impl Client {
                 session: Mutex::new(session),
                 http: Mutex::new(http),
                 key: Mutex::new(key),
+                encrypted: AtomicBool::new(encrypted),
                 changes,
                 connection: watch::channel(connection).0,
                 outbox_ready: Notify::new(),
@@ -276,7 +284,7 @@ impl Client {
             )));
         }
         let session = session_of(http.base(), email, &tokens);
-        self.save_session(&session)?;
+        self.save_session(&session).await?;
         *lock(&self.inner.http) = Some(http);
         self.inner.connection.send_replace(Connection::Idle);
         Ok(())
@@ -296,7 +304,7 @@ impl Client {
         }
         session.access_token = None;
         session.refresh_token = None;
-        self.save_session(&session)?;
+        self.save_session(&session).await?;
         self.inner.connection.send_replace(Connection::SignedOut);
         Ok(())
     }
@@ -365,7 +373,7 @@ impl Client {
             last_sync: last_sync
                 .and_then(|ms| ms.parse::<i64>().ok())
                 .map(|ms| Timestamp::from_millis(ms).to_rfc3339()),
-            encryption: self.encryption()?,
+            encryption: self.encryption(),
         })
     }
 
@@ -379,10 +387,7 @@ impl Client {
     pub async fn sync(&self) -> Result<SyncReport, Error> {
         let pushed = self.push_outbox().await?;
         // A new device (nothing pulled, nothing local yet) starts with the newest sessions.
-        let fresh = self
-            .local(|r| Ok(r.cursor()?.is_none() && r.counts()?.records == 0))
-            .await?;
-        if fresh {
+        if self.local(|r| r.is_new()).await? {
             self.prefetch_recent(RECENT_SESSIONS).await?;
         }
         let pulled = self.pull_to_head().await?;
@@ -466,12 +471,27 @@ impl Client {
     // ---- end-to-end encryption ----
 
     /// Whether this account's values are encrypted, and whether this device can read them.
-    pub fn encryption(&self) -> Result<Encryption, Error> {
-        Ok(match (self.key(), self.inner.replica.meta("e2ee")?) {
+    pub fn encryption(&self) -> Encryption {
+        match (self.key(), self.is_encrypted()) {
             (Some(_), _) => Encryption::On,
-            (None, Some(_)) => Encryption::Locked,
-            (None, None) => Encryption::Off,
-        })
+            (None, true) => Encryption::Locked,
+            (None, false) => Encryption::Off,
+        }
+    }
+
+    fn is_encrypted(&self) -> bool {
+        self.inner.encrypted.load(Ordering::Acquire)
+    }
+
+    /// Remembers that the account is encrypted, and which key this device holds (`None`: it
+    /// holds none, or the one it held is no longer the account's).
+    async fn keep_encryption(&self, key: Option<&DataKey>) -> Result<(), Error> {
+        let exported = key.map(DataKey::export);
+        self.local(move |r| r.set_meta(&[("e2ee_key", exported.as_deref()), ("e2ee", Some("on"))]))
+            .await?;
+        *lock(&self.inner.key) = key.cloned();
+        self.inner.encrypted.store(true, Ordering::Release);
+        Ok(())
     }
 
     fn key(&self) -> Option<DataKey> {
@@ -491,7 +511,7 @@ impl Client {
         }
         let key = DataKey::generate()?;
         let keyring = self.wrap(&key, passphrase).await?;
-        self.keep_key(&key)?;
+        self.keep_encryption(Some(&key)).await?;
         self.write(KEYS_COLLECTION, KEYRING_ID, Op::Upsert(keyring))
             .await?;
         // Every record again, through the outbox: each goes out encrypted.
@@ -519,7 +539,7 @@ impl Client {
         let key = tokio::task::spawn_blocking(move || DataKey::unwrap(&keyring, &passphrase))
             .await
             .map_err(|e| Error::Crypto(format!("key task failed: {e}")))??;
-        self.keep_key(&key)?;
+        self.keep_encryption(Some(&key)).await?;
         Ok(())
     }
 
@@ -536,7 +556,7 @@ impl Client {
             .await
             .map_err(|e| Error::Crypto(format!("key task failed: {e}")))??;
         let keyring = self.wrap(&key, new).await?;
-        self.keep_key(&key)?;
+        self.keep_encryption(Some(&key)).await?;
         self.write(KEYS_COLLECTION, KEYRING_ID, Op::Upsert(keyring))
             .await?;
         self.push_outbox().await?;
@@ -548,14 +568,6 @@ impl Client {
         tokio::task::spawn_blocking(move || key.wrap(&passphrase, params))
             .await
             .map_err(|e| Error::Crypto(format!("key task failed: {e}")))?
-    }
-
-    fn keep_key(&self, key: &DataKey) -> Result<(), Error> {
-        self.inner
-            .replica
-            .set_meta(&[("e2ee_key", Some(&key.export())), ("e2ee", Some("on"))])?;
-        *lock(&self.inner.key) = Some(key.clone());
-        Ok(())
     }
 
     /// The keyring as the server holds it (read past the replica, which a locked device
@@ -573,18 +585,23 @@ impl Client {
 
     /// Encrypts the values of outgoing writes when the account is encrypted; refuses to send
     /// anything in clear from a device that is locked out of an encrypted account.
-    fn seal_mutations(&self, mutations: &mut [nextsync_core::api::MutationIn]) -> Result<(), Error> {
-        let key = match (self.key(), self.inner.replica.meta("e2ee")?) {
+    async fn seal_mutations(&self, mut mutations: Vec<MutationIn>) -> Result<Vec<MutationIn>, Error> {
+        let key = match (self.key(), self.is_encrypted()) {
             (Some(key), _) => key,
-            (None, Some(_)) => return Err(Error::Locked),
-            (None, None) => return Ok(()),
+            (None, true) => return Err(Error::Locked),
+            (None, false) => return Ok(mutations),
         };
-        for m in mutations.iter_mut().filter(|m| m.collection != KEYS_COLLECTION) {
-            if let Some(fields) = &mut m.fields {
-                key.encrypt_fields(&m.collection, &m.id, fields)?;
+        // A batch is up to 1,000 values to seal: CPU work, off the async threads.
+        tokio::task::spawn_blocking(move || {
+            for m in mutations.iter_mut().filter(|m| m.collection != KEYS_COLLECTION) {
+                if let Some(fields) = &mut m.fields {
+                    key.encrypt_fields(&m.collection, &m.id, fields)?;
+                }
             }
-        }
-        Ok(())
+            Ok(mutations)
+        })
+        .await
+        .map_err(|e| Error::Crypto(format!("sealing task failed: {e}")))?
     }
 
     /// Decrypts a pulled page and stores it (one local transaction), then tells subscribers.
@@ -606,45 +623,36 @@ impl Client {
                 .and_then(Value::as_str)
                 .unwrap_or_default();
             match self.key() {
-                Some(key) if key.id() != key_id => {
-                    // Another key was made for the account: what this device holds is useless.
-                    self.inner
-                        .replica
-                        .set_meta(&[("e2ee_key", None), ("e2ee", Some("on"))])?;
-                    *lock(&self.inner.key) = None;
-                    return Err(Error::Locked);
-                }
-                Some(_) => {}
-                None => {
-                    self.inner.replica.set_meta(&[("e2ee", Some("on"))])?;
+                Some(key) if key.id() == key_id => {}
+                // No key, or one the account no longer uses (someone made a new key).
+                _ => {
+                    self.keep_encryption(None).await?;
                     return Err(Error::Locked);
                 }
             }
         }
-        let encrypted = changes
+        let sealed = changes
             .iter()
             .any(|r| r.collection != KEYS_COLLECTION && r.fields.values().any(crypto::is_encrypted));
-        if encrypted || self.inner.replica.meta("e2ee")?.is_some() {
-            match self.key() {
-                Some(key) => {
+        let key = self.key();
+        if sealed && key.is_none() {
+            // Sealed-looking values before the keyring was seen (a prefetch, which does not
+            // carry it): the server's keyring decides.
+            if self.is_encrypted() || self.server_keyring().await?.is_some() {
+                self.keep_encryption(None).await?;
+                return Err(Error::Locked);
+            }
+        }
+        let changes = self
+            .local(move |r| {
+                // Opening up to 1,000 values is CPU work: here, off the async threads.
+                if let Some(key) = key.filter(|_| sealed) {
                     for view in changes.iter_mut().filter(|r| r.collection != KEYS_COLLECTION) {
                         key.decrypt_fields(&view.collection, &view.id, &mut view.fields)?;
                     }
                 }
-                None if encrypted => {
-                    // Sealed-looking values before the keyring was seen (a prefetch, which
-                    // does not carry it): the server's keyring decides.
-                    let known = self.inner.replica.meta("e2ee")?.is_some();
-                    if known || self.server_keyring().await?.is_some() {
-                        self.inner.replica.set_meta(&[("e2ee", Some("on"))])?;
-                        return Err(Error::Locked);
-                    }
-                }
-                None => {}
-            }
-        }
-        let changes = self
-            .local(move |r| r.apply_page(&changes, cursor.as_deref(), complete))
+                r.apply_page(&changes, cursor.as_deref(), complete)
+            })
             .await?;
         self.emit(changes);
         Ok(())
@@ -673,9 +681,10 @@ impl Client {
         lock(&self.inner.session).clone()
     }
 
-    fn save_session(&self, session: &Session) -> Result<(), Error> {
+    async fn save_session(&self, session: &Session) -> Result<(), Error> {
         let text = serde_json::to_string(session)?;
-        self.inner.replica.set_meta(&[("session", Some(&text))])?;
+        self.local(move |r| r.set_meta(&[("session", Some(&text))]))
+            .await?;
         *lock(&self.inner.session) = Some(session.clone());
         Ok(())
     }
@@ -744,9 +753,8 @@ impl Client {
         .map_err(|e| Error::Replica(format!("locking {}: {e}", self.inner.lock_path.display())))?;
 
         let stored: Option<Session> = self
-            .inner
-            .replica
-            .meta("session")?
+            .local(|r| r.meta("session"))
+            .await?
             .map(|text| serde_json::from_str(&text))
             .transpose()?;
         let mut session = stored.ok_or(Error::NotSignedIn)?;
@@ -766,7 +774,7 @@ impl Client {
                 session.access_token = Some(tokens.access_token.clone());
                 session.access_expires_ms = expiry_ms(&tokens);
                 session.refresh_token = tokens.refresh_token;
-                self.save_session(&session)?;
+                self.save_session(&session).await?;
                 Ok((tokens.access_token, session.access_expires_ms))
             }
             Err(Error::Server {
@@ -774,7 +782,7 @@ impl Client {
             }) => {
                 session.access_token = None;
                 session.refresh_token = None;
-                self.save_session(&session)?;
+                self.save_session(&session).await?;
                 Err(self.signed_out(&message))
             }
             Err(e) => Err(e),
@@ -829,8 +837,8 @@ impl Client {
 
     fn push_batch(&self, batch: Vec<Pending>) -> futures::future::BoxFuture<'_, Result<u64, Error>> {
         Box::pin(async move {
-            let mut mutations: Vec<_> = batch.iter().map(|p| p.mutation.clone()).collect();
-            self.seal_mutations(&mut mutations)?;
+            let mutations = batch.iter().map(|p| p.mutation.clone()).collect();
+            let mutations = self.seal_mutations(mutations).await?;
             let answer = self
                 .authed(|http, token| {
                     let mutations = mutations.clone();

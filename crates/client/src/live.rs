@@ -314,8 +314,7 @@ async fn follow_socket(client: &Client, stop: &mut watch::Receiver<bool>) -> Out
                 }
             }
             _ = outbox_check.tick() => {
-                let unsent = client.local(|r| r.counts()).await.map(|c| c.unsent).unwrap_or(0);
-                if unsent > 0 && let Err(e) = client.push_outbox().await {
+                if let Err(e) = push_if_unsent(client).await {
                     return outcome_of(client, e).await;
                 }
             }
@@ -333,6 +332,14 @@ async fn follow_socket(client: &Client, stop: &mut watch::Receiver<bool>) -> Out
             }
         }
     }
+}
+
+/// Pushes when a write waits: another process on the same replica may have made it.
+async fn push_if_unsent(client: &Client) -> Result<(), Error> {
+    if client.local(|r| r.has_unsent()).await? {
+        client.push_outbox().await?;
+    }
+    Ok(())
 }
 
 async fn send<S>(socket: &mut S, frame: &ClientFrame) -> Result<(), ()>
@@ -374,8 +381,7 @@ async fn follow_polls(client: &Client, stop: &mut watch::Receiver<bool>, until: 
                     if let Err(e) = client.apply_pulled(page.changes, Some(page.cursor), !page.has_more).await {
                         return outcome_of(client, e).await;
                     }
-                    let unsent = client.local(|r| r.counts()).await.map(|c| c.unsent).unwrap_or(0);
-                    if unsent > 0 && let Err(e) = client.push_outbox().await {
+                    if let Err(e) = push_if_unsent(client).await {
                         return outcome_of(client, e).await;
                     }
                 }

@@ -145,7 +145,7 @@ impl Client {
         file: Vec<u8>,
         sent: impl Fn(u64) + Send + Sync + 'static,
     ) -> Result<MergeSummary, Error> {
-        if self.encryption()? != crate::Encryption::Off {
+        if self.encryption() != crate::Encryption::Off {
             return Err(Error::Crypto(
                 "importing into an end-to-end encrypted account is not supported yet (the server's \
                  merge cannot read its records)"

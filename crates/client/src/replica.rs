@@ -527,6 +527,22 @@ impl Replica {
         Ok(())
     }
 
+    /// True when a write waits to be sent (cheap: the live loop asks every few seconds).
+    pub fn has_unsent(&self) -> Result<bool, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached("SELECT EXISTS (SELECT 1 FROM outbox WHERE acked_seq IS NULL)")?;
+        Ok(stmt.query_row([], |r| r.get(0))?)
+    }
+
+    /// True before anything was pulled or written here (a new device).
+    pub fn is_new(&self) -> Result<bool, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare_cached(
+            "SELECT NOT EXISTS (SELECT 1 FROM records) AND NOT EXISTS (SELECT 1 FROM meta WHERE key = 'cursor')",
+        )?;
+        Ok(stmt.query_row([], |r| r.get(0))?)
+    }
+
     pub fn counts(&self) -> Result<Counts, Error> {
         let conn = self.lock();
         conn.query_row(
@@ -634,7 +650,7 @@ fn show_pulled(tx: &Transaction<'_>, view: &RecordView, updated: String) -> Resu
     if pending {
         return recompute(tx, &view.collection, &view.id, Origin::Remote);
     }
-    let fields = Value::Object(view.fields.clone()).to_string();
+    let fields = serde_json::to_string(&view.fields)?;
     let before: Option<(String, bool)> = tx
         .prepare_cached("SELECT fields, deleted FROM records WHERE collection = ?1 AND id = ?2")?
         .query_row([&view.collection, &view.id], |r| Ok((r.get(0)?, r.get(1)?)))
@@ -673,7 +689,13 @@ const UPSERT_VIEW: &str = "INSERT INTO records (collection, id, fields, deleted,
 /// The stored form of a pulled record's values: `{"name":{"v":value,"h":"stamp"}}`, and its
 /// newest stamp.
 fn base_fields(view: &RecordView) -> Result<(String, Option<Hlc>), Error> {
-    let mut out = Map::new();
+    /// One stored field, borrowed from the pulled view (this runs for every pulled record).
+    #[derive(Serialize)]
+    struct Stored<'a> {
+        v: &'a Value,
+        h: &'a str,
+    }
+    let mut out = BTreeMap::new();
     let mut newest = view.tombstone.clone();
     for (name, value) in &view.fields {
         let stamp = view.stamps.get(name).and_then(Value::as_str).ok_or_else(|| {
@@ -684,9 +706,9 @@ fn base_fields(view: &RecordView) -> Result<(String, Option<Hlc>), Error> {
         })?;
         let hlc = parse_hlc(stamp)?;
         newest = newest.max(Some(hlc));
-        out.insert(name.clone(), serde_json::json!({ "v": value, "h": stamp }));
+        out.insert(name.as_str(), Stored { v: value, h: stamp });
     }
-    Ok((Value::Object(out).to_string(), newest))
+    Ok((serde_json::to_string(&out)?, newest))
 }
 
 fn decode_base(fields: &str, tombstone: Option<&str>) -> Result<Crdt, Error> {
@@ -836,7 +858,7 @@ fn recompute(
     tx.prepare_cached(UPSERT_VIEW)?.execute(params![
         collection,
         id,
-        Value::Object(after.fields.clone()).to_string(),
+        serde_json::to_string(&after.fields)?,
         after.deleted,
         after.seq.map(|s| s.0 as i64),
         after.pending,

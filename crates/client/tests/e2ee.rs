@@ -61,7 +61,7 @@ async fn encrypted_values_round_trip_and_the_server_holds_only_ciphertext() {
         .enable_encryption("a long passphrase")
         .await
         .expect("enable");
-    assert_eq!(laptop.encryption().expect("state"), Encryption::On);
+    assert_eq!(laptop.encryption(), Encryption::On);
     let marker = "MARKER-e2ee-7f3a9c";
     laptop
         .put(
@@ -90,7 +90,7 @@ async fn encrypted_values_round_trip_and_the_server_holds_only_ciphertext() {
     // A new device is locked until it has the passphrase, and sends nothing in clear.
     let phone = device(&server.base_url, "enc@example.org", &d2).await;
     assert!(matches!(phone.sync().await, Err(Error::Locked)));
-    assert_eq!(phone.encryption().expect("state"), Encryption::Locked);
+    assert_eq!(phone.encryption(), Encryption::Locked);
     phone
         .put(
             "notes",

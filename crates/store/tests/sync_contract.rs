@@ -86,45 +86,23 @@ async fn a_recent_first_page_holds_the_newest_live_parents_and_their_children(db
     }
     store.apply(u, batch, now, None).await.expect("apply");
     // s1 changes last; s4 is deleted; another user's message claims s1 as its session.
-    store
-        .apply(
+    let later = [
+        (
             u,
-            vec![write(
-                "s1b",
-                "sessions",
-                "s1",
-                3000,
-                fields(json!({"topic": "edited"})),
-            )],
-            now,
-            None,
-        )
-        .await
-        .expect("apply");
-    store
-        .apply(
-            u,
-            vec![write("s4d", "sessions", "s4", 3001, Op::Delete)],
-            now,
-            None,
-        )
-        .await
-        .expect("apply");
-    store
-        .apply(
+            write("s1b", "sessions", "s1", 3000, fields(json!({"topic": "edited"}))),
+        ),
+        (u, write("s4d", "sessions", "s4", 3001, Op::Delete)),
+        (
             other,
-            vec![write(
-                "x",
-                "messages",
-                "x",
-                3002,
-                fields(json!({"session_id": "s1"})),
-            )],
-            now,
-            None,
-        )
-        .await
-        .expect("apply");
+            write("x", "messages", "x", 3002, fields(json!({"session_id": "s1"}))),
+        ),
+    ];
+    for (owner, mutation) in later {
+        store
+            .apply(owner, vec![mutation], now, None)
+            .await
+            .expect("apply");
+    }
 
     let page = store
         .recent(u, "sessions", 2, Some(("messages", "session_id")))
