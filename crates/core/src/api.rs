@@ -362,6 +362,113 @@ pub struct PutRecordRequest {
     pub fields: Map<String, Value>,
 }
 
+// ---- trash and point-in-time restore ----
+
+/// A deleted record, kept in the trash (`GET /v1/trash`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TrashItem {
+    pub collection: String,
+    pub id: String,
+    /// The record's visible fields when it was deleted.
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
+    pub fields: Map<String, Value>,
+    pub deleted_at: Timestamp,
+    /// The delete's place in the feed.
+    pub seq: Seq,
+    /// Records deleted by one write share it (a conversation and its messages, say):
+    /// `POST …/restore` with `together` brings them all back.
+    pub batch: Seq,
+    /// When the trash forgets it.
+    pub expires_at: Timestamp,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TrashPage {
+    /// Most recently deleted first.
+    pub items: Vec<TrashItem>,
+    /// Pass as `before` for the next page; absent on the last one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<Seq>,
+}
+
+/// `POST /v1/trash/{collection}/{id}/restore`; the body is optional.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TrashRestoreRequest {
+    /// Also restore every record deleted by the same write.
+    #[serde(default)]
+    pub together: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TrashRestored {
+    /// The records as they are now, back on every device through the feed.
+    pub restored: Vec<RecordView>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TrashPurged {
+    /// How many records left the trash for good.
+    pub purged: u64,
+}
+
+/// `POST /v1/restore`: bring the account (or one collection, or one record) back to how it
+/// was at a moment, as new writes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestoreRequest {
+    pub at: Timestamp,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub collection: Option<String>,
+    /// Needs `collection`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Only say what would change.
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// What a restore does to one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+#[serde(rename_all = "snake_case")]
+pub enum RestoreAction {
+    /// Deleted since the moment: comes back.
+    Restore,
+    /// Changed since: its values return to the old ones.
+    Revert,
+    /// Created since: moves to the trash.
+    Trash,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestoreChange {
+    pub collection: String,
+    pub id: String,
+    pub action: RestoreAction,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct RestoreResponse {
+    pub at: Timestamp,
+    pub dry_run: bool,
+    pub restored: u64,
+    pub reverted: u64,
+    pub trashed: u64,
+    /// The records concerned, up to 1,000 of them.
+    pub changes: Vec<RestoreChange>,
+    /// More records are concerned than `changes` lists.
+    pub truncated: bool,
+    /// The earliest moment a restore can reach now.
+    pub earliest: Timestamp,
+}
+
 // ---- the WebSocket feed (`GET /v1/sync/ws`): JSON text frames tagged by `type` ----
 
 /// Protocol version announced in `welcome`.

@@ -7,6 +7,7 @@
 //! - [`hlc`]: hybrid logical clock stamps and the device clock.
 //! - [`record`]: records as a per-field LWW CRDT with tombstones, and their merge.
 //! - [`sync`]: applying one write to a stored record: seqs and conflicts.
+//! - [`history`]: undo entries of each visible change: the trash and point-in-time restore.
 //! - [`cursor`]: the opaque feed cursor with its epoch.
 //! - [`e2ee`]: the reserved keyring record of end-to-end encrypted accounts.
 //! - [`push`]: validating a push and planning it (seqs, duplicates, preconditions).
@@ -17,6 +18,7 @@ pub mod account;
 pub mod api;
 pub mod cursor;
 pub mod e2ee;
+pub mod history;
 pub mod hlc;
 pub mod ids;
 pub mod nextchat;

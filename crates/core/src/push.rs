@@ -46,6 +46,9 @@ pub enum Precondition {
     Seq(Seq),
     /// The record exists and is not deleted (`If-Match: *`).
     Exists,
+    /// The record is at exactly this seq, deleted or not (the server's own restores, which
+    /// must not overwrite a write they did not see).
+    Unchanged(Seq),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -251,6 +254,7 @@ pub fn plan(
             None => true,
             Some(Precondition::Exists) => exists,
             Some(Precondition::Seq(seq)) => exists && record.seq == seq,
+            Some(Precondition::Unchanged(seq)) => record.seq == seq,
         };
         if !precondition_holds {
             let current = (record.seq > Seq(0)).then(|| Box::new(record.clone()));

@@ -187,6 +187,17 @@ impl StoredRecord {
         true
     }
 
+    /// The visible fields, or `None` when the record is deleted or was never written: what
+    /// a reader sees, and what the history records changes of.
+    pub fn visible_state(&self) -> crate::history::Visible {
+        (self.seq > Seq(0) && !self.record.is_deleted()).then(|| {
+            self.record
+                .visible_fields()
+                .map(|(name, field)| (name.clone(), field.value.clone()))
+                .collect()
+        })
+    }
+
     /// The visible fields as a JSON object, and their stamps.
     pub fn visible(&self) -> (Map<String, Value>, Map<String, Value>) {
         let mut values = Map::new();

@@ -3,6 +3,7 @@
 //!
 //! - [`accounts`]: users, devices, refresh-token families, password resets, app passwords.
 //! - [`sync`]: records, the per-user change feed, mutation ids, conflicts; the one write path.
+//! - [`history`]: the trash and point-in-time restore, read from each record's undo entries.
 //! - [`nextchat`]: what the NextChat doors keep besides records (settings, versions,
 //!   secrets, snapshots, staged Upstash chunks).
 //! - [`sqlite`], [`postgres`]: connection set-up and migrations of each backend.
@@ -14,6 +15,7 @@
 
 pub mod accounts;
 pub mod error;
+pub mod history;
 pub mod nextchat;
 pub mod postgres;
 pub mod sqlite;
@@ -21,6 +23,7 @@ pub mod sync;
 
 pub use accounts::AccountStore;
 pub use error::StoreError;
+pub use history::HistoryStore;
 pub use nextchat::NextChatStore;
 pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
@@ -32,7 +35,9 @@ use std::sync::Arc;
 
 /// Everything the server needs from persistence.
 #[async_trait]
-pub trait Store: AccountStore + SyncStore + NextChatStore + std::fmt::Debug + Send + Sync + 'static {
+pub trait Store:
+    AccountStore + SyncStore + HistoryStore + NextChatStore + std::fmt::Debug + Send + Sync + 'static
+{
     /// Cheap round trip that proves the database answers (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;
 

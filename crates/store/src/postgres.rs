@@ -64,6 +64,11 @@ fn migrator() -> Migrator {
             "snapshot_device",
             include_str!("../migrations/postgres/0008_snapshot_device.sql"),
         ),
+        migration(
+            9,
+            "history",
+            include_str!("../migrations/postgres/0009_history.sql"),
+        ),
     ])
 }
 
@@ -152,6 +157,10 @@ mod shared_sync {
     );
 }
 
+mod history {
+    crate::history::impl_history_store!(super::PgStore, sqlx::postgres::PgRow, " FOR UPDATE");
+}
+
 mod nextchat {
     crate::nextchat::impl_nextchat_store!(super::PgStore, sqlx::postgres::PgRow);
 }
@@ -197,7 +206,8 @@ const LOAD_RECORDS: &str = "SELECT r.collection, r.record_id, r.fields, r.tombst
      CROSS JOIN LATERAL (SELECT collection, record_id, fields, tombstone, tombstone_seq, seq FROM records \
      WHERE user_id = $1 AND collection = k.collection AND record_id = k.record_id LIMIT 1) AS r";
 /// An apply's writes in one statement (one round trip): the changed records, the applied
-/// mutation ids, and the head when it moved (`$11` NULL when it did not). Data-modifying
+/// mutation ids, their history entries (whose batch is the new head), and the head when it
+/// moved (`$11` NULL when it did not; then there are no history entries either). Data-modifying
 /// CTEs all run, on tables no other part of the statement reads.
 const WRITE_PLAN: &str = "WITH stored AS (\
      INSERT INTO records (user_id, collection, record_id, fields, tombstone, tombstone_seq, seq) \
@@ -207,6 +217,12 @@ const WRITE_PLAN: &str = "WITH stored AS (\
      ), remembered AS (\
      INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) \
      SELECT $1, *, $10 FROM UNNEST($8::text[], $9::int8[])\
+     ), history AS (\
+     INSERT INTO record_history (user_id, collection, record_id, seq, batch, at, kind, undo) \
+     SELECT $1, c, r, s, $11, $10, k, u FROM UNNEST($12::text[], $13::text[], $14::int8[], $15::int2[], $16::text[]) \
+     AS h (c, r, s, k, u) \
+     ON CONFLICT (user_id, collection, record_id, seq) DO UPDATE SET \
+     batch = excluded.batch, at = excluded.at, kind = excluded.kind, undo = excluded.undo\
      ) UPDATE feed_heads SET seq = $11 WHERE user_id = $1 AND $11::int8 IS NOT NULL";
 
 #[async_trait]
@@ -268,6 +284,12 @@ impl SyncTx for PgTx {
             tombstone_seqs.push(r.tombstone_seq.map(|s| s.0 as i64));
             seqs.push(r.seq.0 as i64);
         }
+        // History needs the batch (the new head); without one nothing visible changed.
+        let history = if writes.head.is_some() {
+            writes.history
+        } else {
+            &[]
+        };
         let mutation_ids: Vec<&str> = writes.applied.iter().map(|(id, _)| id.as_str()).collect();
         let mutation_seqs: Vec<i64> = writes.applied.iter().map(|(_, seq)| seq.0 as i64).collect();
         sqlx::query(WRITE_PLAN)
@@ -282,6 +304,16 @@ impl SyncTx for PgTx {
             .bind(mutation_seqs)
             .bind(writes.now.as_millis())
             .bind(writes.head.map(|seq| seq.0 as i64))
+            .bind(
+                history
+                    .iter()
+                    .map(|h| h.key.collection.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .bind(history.iter().map(|h| h.key.id.as_str()).collect::<Vec<_>>())
+            .bind(history.iter().map(|h| h.seq.0 as i64).collect::<Vec<_>>())
+            .bind(history.iter().map(|h| h.kind.code()).collect::<Vec<_>>())
+            .bind(history.iter().map(|h| h.undo.as_str()).collect::<Vec<_>>())
             .execute(&mut *self.0)
             .await?;
         Ok(())

@@ -13,7 +13,9 @@
 
 mod writer;
 
-use crate::sync::{Applied, ApplyError, Conflict, PlanWrites, SET_HEAD, SyncTx};
+use crate::sync::{
+    Applied, ApplyError, Conflict, INSERT_HISTORY_COLUMNS, ON_HISTORY_CONFLICT, PlanWrites, SET_HEAD, SyncTx,
+};
 use crate::{Store, StoreError};
 use async_trait::async_trait;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
@@ -73,6 +75,11 @@ fn migrator() -> Migrator {
             8,
             "snapshot_device",
             include_str!("../migrations/sqlite/0008_snapshot_device.sql"),
+        ),
+        migration(
+            9,
+            "history",
+            include_str!("../migrations/sqlite/0009_history.sql"),
         ),
     ])
 }
@@ -194,6 +201,10 @@ mod shared_sync {
     );
 }
 
+mod history {
+    crate::history::impl_history_store!(super::SqliteStore, sqlx::sqlite::SqliteRow, "");
+}
+
 mod nextchat {
     crate::nextchat::impl_nextchat_store!(super::SqliteStore, sqlx::sqlite::SqliteRow);
 }
@@ -259,6 +270,20 @@ fn store_records_sql(rows: usize) -> String {
         " ON CONFLICT (user_id, collection, record_id) DO UPDATE SET fields = excluded.fields, \
          tombstone = excluded.tombstone, tombstone_seq = excluded.tombstone_seq, seq = excluded.seq",
     );
+    sql
+}
+
+/// `INSERT INTO record_history … VALUES (?, …), …` for `rows` entries (anonymous
+/// placeholders, as for records).
+fn store_history_sql(rows: usize) -> String {
+    let mut sql = String::from(INSERT_HISTORY_COLUMNS);
+    for row in 0..rows {
+        if row > 0 {
+            sql.push(',');
+        }
+        sql.push_str("(?, ?, ?, ?, ?, ?, ?, ?)");
+    }
+    sql.push_str(ON_HISTORY_CONFLICT);
     sql
 }
 
@@ -332,6 +357,23 @@ impl SyncTx for SqliteTx {
                     .bind(r.seq.0 as i64);
             }
             query.execute(&mut *self.0).await?;
+        }
+        if let Some(batch) = writes.head {
+            for chunk in writes.history.chunks(INSERT_CHUNK) {
+                let mut query = sqlx::query(sqlx::AssertSqlSafe(store_history_sql(chunk.len())));
+                for h in chunk {
+                    query = query
+                        .bind(user.as_uuid())
+                        .bind(&h.key.collection)
+                        .bind(&h.key.id)
+                        .bind(h.seq.0 as i64)
+                        .bind(batch.0 as i64)
+                        .bind(writes.now.as_millis())
+                        .bind(h.kind.code())
+                        .bind(&h.undo);
+                }
+                query.execute(&mut *self.0).await?;
+            }
         }
         for chunk in writes.applied.chunks(INSERT_CHUNK) {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(remember_mutations_sql(chunk.len())));

@@ -15,11 +15,13 @@
 use crate::StoreError;
 use async_trait::async_trait;
 use nextsync_core::api::MutationResult;
+use nextsync_core::history::{ChangeKind, Undo};
 use nextsync_core::hlc::HlcError;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
 use nextsync_core::push::{Mutation, PlanError, RecordKey, plan};
 use nextsync_core::sync::{Side, StoredRecord};
 use nextsync_core::time::Timestamp;
+use serde_json::{Map, Value};
 use std::collections::HashMap;
 use thiserror::Error;
 
@@ -152,11 +154,23 @@ pub(crate) trait SyncTx: Send {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct PlanWrites<'a> {
     pub records: &'a [(RecordKey, StoredRecord)],
+    /// An undo entry for each record whose visible state changed; their batch is `head`.
+    pub history: &'a [HistoryWrite<'a>],
     /// The device's mutation ids applied, each with the seq it was answered with.
     pub applied: &'a [(String, Seq)],
     pub now: Timestamp,
     /// The feed head after the apply, when it moved.
     pub head: Option<Seq>,
+}
+
+/// One row of `record_history` (see [`nextsync_core::history`]).
+#[derive(Debug, Clone)]
+pub(crate) struct HistoryWrite<'a> {
+    pub key: &'a RecordKey,
+    pub seq: Seq,
+    pub kind: ChangeKind,
+    /// [`Undo::encode_body`].
+    pub undo: String,
 }
 
 impl PlanWrites<'_> {
@@ -190,6 +204,11 @@ pub(crate) async fn run_apply<T: SyncTx>(
     keys.sort();
     keys.dedup();
     let mut records = tx.load_records(user, &keys).await?;
+    // What readers saw before: each visible change leaves an undo entry in the history.
+    let mut before: HashMap<RecordKey, Map<String, Value>> = records
+        .iter()
+        .filter_map(|(key, record)| Some((key.clone(), record.visible_state()?)))
+        .collect();
     let now_ms = u64::try_from(now.as_millis()).unwrap_or(0);
     let plan = plan(head, mutations, &mut records, &seen, now_ms, SERVER_NODE).map_err(|e| match e {
         PlanError::PreconditionFailed { key, current } => ApplyError::PreconditionFailed { key, current },
@@ -207,8 +226,26 @@ pub(crate) async fn run_apply<T: SyncTx>(
             created_at: now,
         })
         .collect();
+    let history: Vec<HistoryWrite<'_>> = plan
+        .changed
+        .iter()
+        .filter_map(|(key, record)| {
+            let undo = match before.remove(key) {
+                // A new (or revived) record needs no values to undo: skip building them.
+                None => Undo::of(&None, &(!record.record.is_deleted()).then(Map::new))?,
+                before => Undo::of(&before, &record.visible_state())?,
+            };
+            Some(HistoryWrite {
+                key,
+                seq: record.seq,
+                kind: undo.kind,
+                undo: undo.encode_body(),
+            })
+        })
+        .collect();
     let writes = PlanWrites {
         records: &plan.changed,
+        history: &history,
         applied: &plan.applied,
         now,
         head: (plan.head != head).then_some(plan.head),
@@ -227,6 +264,10 @@ pub(crate) async fn run_apply<T: SyncTx>(
 }
 
 // SQL both backends share.
+pub(crate) const INSERT_HISTORY_COLUMNS: &str =
+    "INSERT INTO record_history (user_id, collection, record_id, seq, batch, at, kind, undo) VALUES ";
+pub(crate) const ON_HISTORY_CONFLICT: &str = " ON CONFLICT (user_id, collection, record_id, seq) DO UPDATE SET \
+     batch = excluded.batch, at = excluded.at, kind = excluded.kind, undo = excluded.undo";
 pub(crate) const SET_HEAD: &str = "UPDATE feed_heads SET seq = $2 WHERE user_id = $1";
 pub(crate) const SELECT_HEAD: &str = "SELECT seq, epoch FROM feed_heads WHERE user_id = $1";
 pub(crate) const MARK_RESOLVED: &str =

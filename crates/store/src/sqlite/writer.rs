@@ -183,6 +183,10 @@ const UPSERT_RECORD: &str = "INSERT INTO records \
      (user_id, collection, record_id, fields, tombstone, tombstone_seq, seq) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) \
      ON CONFLICT (user_id, collection, record_id) DO UPDATE SET fields = excluded.fields, \
      tombstone = excluded.tombstone, tombstone_seq = excluded.tombstone_seq, seq = excluded.seq";
+const INSERT_HISTORY: &str = "INSERT INTO record_history \
+     (user_id, collection, record_id, seq, batch, at, kind, undo) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) \
+     ON CONFLICT (user_id, collection, record_id, seq) DO UPDATE SET \
+     batch = excluded.batch, at = excluded.at, kind = excluded.kind, undo = excluded.undo";
 const REMEMBER_MUTATION: &str =
     "INSERT INTO applied_mutations (user_id, mutation_id, seq, created_at) VALUES (?1, ?2, ?3, ?4)";
 
@@ -270,6 +274,21 @@ impl SyncTx for WriterTx<'_> {
                 r.tombstone_seq.map(|s| s.0 as i64),
                 r.seq.0 as i64,
             ])?;
+        }
+        if let Some(batch) = writes.head {
+            let mut insert = self.0.prepare_cached(INSERT_HISTORY)?;
+            for h in writes.history {
+                insert.execute(params![
+                    user,
+                    h.key.collection,
+                    h.key.id,
+                    h.seq.0 as i64,
+                    batch.0 as i64,
+                    writes.now.as_millis(),
+                    h.kind.code(),
+                    h.undo,
+                ])?;
+            }
         }
         let mut remember = self.0.prepare_cached(REMEMBER_MUTATION)?;
         for (id, seq) in writes.applied {
