@@ -1,5 +1,6 @@
 //! The client commands: `login`, `logout`, `status`, `sync`, `watch`, `get`, `put`,
-//! `delete`, `list`, `conflicts`, on top of the SDK (`nextsync-client`).
+//! `delete`, `list`, `conflicts` (and `trash`, `restore` in [`crate::history`]), on top of
+//! the SDK (`nextsync-client`).
 //!
 //! Each profile is one directory holding one replica (records, outbox, the device's tokens),
 //! owner-only (0700): `$NEXTSYNC_CLIENT_HOME/<profile>/` when that is set, else the platform's
@@ -109,6 +110,34 @@ pub enum ClientCommand {
         #[command(subcommand)]
         action: EncryptionAction,
     },
+    /// Deleted records the server keeps (30 days by default): list them, bring one back
+    /// on every device, or forget them for good.
+    Trash {
+        #[command(subcommand)]
+        action: Option<crate::history::TrashAction>,
+        /// Only this collection.
+        #[arg(long, global = true)]
+        collection: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Bring the account (or a collection, or one record) back to how it was at a moment:
+    /// what was deleted since comes back, what changed gets its old values, what was
+    /// created since goes to the trash. Try --dry-run first.
+    Restore {
+        /// An RFC 3339 time (2026-12-01T14:05:00Z) or how long ago (90m, 2h, 1d).
+        #[arg(long, value_name = "TIME")]
+        at: String,
+        #[arg(long)]
+        collection: Option<String>,
+        #[arg(long, requires = "collection")]
+        id: Option<String>,
+        /// Only print what would change.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List conflicts, or settle one.
     Conflicts {
         #[command(subcommand)]
@@ -199,6 +228,22 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> anyhow::Result<()>
             json,
         } => list(&client, collection, recent, limit, json).await,
         ClientCommand::Conflicts { action, json } => conflicts(&client, action, json).await,
+        ClientCommand::Trash {
+            action,
+            collection,
+            json,
+        } => crate::history::trash(&client, action, collection, json)
+            .await
+            .map_err(explain_any),
+        ClientCommand::Restore {
+            at,
+            collection,
+            id,
+            dry_run,
+            json,
+        } => crate::history::restore(&client, &at, collection.as_deref(), id.as_deref(), dry_run, json)
+            .await
+            .map_err(explain_any),
         ClientCommand::Encryption { action } => encryption(&client, action).await,
         ClientCommand::Export { file, offline } => export(&client, &file, offline).await,
         ClientCommand::Import { file } => import(&client, &file).await,
@@ -659,6 +704,14 @@ async fn conflicts(client: &Client, action: Option<ConflictAction>, json: bool) 
 }
 
 /// The SDK's error, with what to do about it.
+/// [`explain`] for an SDK error inside an `anyhow` one.
+fn explain_any(e: anyhow::Error) -> anyhow::Error {
+    match e.downcast::<Error>() {
+        Ok(e) => explain(e),
+        Err(e) => e,
+    }
+}
+
 fn explain(e: Error) -> anyhow::Error {
     match e {
         Error::Unreachable(why) => {

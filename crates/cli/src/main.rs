@@ -8,6 +8,7 @@
 mod admin;
 mod backup;
 mod client;
+mod history;
 mod settings;
 
 use anyhow::Context;

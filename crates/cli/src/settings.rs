@@ -112,6 +112,13 @@ pub struct Settings {
     /// How far ahead of the server's clock a write's stamp may be.
     #[arg(long, env = "NEXTSYNC_MAX_CLOCK_SKEW", value_name = "DURATION")]
     pub max_clock_skew: Option<DurationArg>,
+    /// How long a deleted record stays in the trash (e.g. 30d).
+    #[arg(long, env = "NEXTSYNC_TRASH_RETENTION", value_name = "DURATION")]
+    pub trash_retention: Option<DurationArg>,
+    /// How far back a point-in-time restore reaches (e.g. 7d); per-record history is kept
+    /// this long. 0 keeps none.
+    #[arg(long, env = "NEXTSYNC_HISTORY_RETENTION", value_name = "DURATION")]
+    pub history_retention: Option<DurationArg>,
     /// `text` or `json`: the file's twin of the global `--log-format` flag (which wins).
     #[arg(skip)]
     #[serde(default)]
@@ -174,6 +181,8 @@ impl Settings {
                 max_mutations_per_push,
                 max_field_bytes,
                 max_clock_skew,
+                trash_retention,
+                history_retention,
                 log_format,
             ]
         )
@@ -284,6 +293,10 @@ impl Settings {
             anyhow::ensure!(bytes >= 64, "--max-field-bytes must be at least 64");
             limits.max_field_bytes = bytes;
         }
+        if let Some(DurationArg(d)) = self.history_retention {
+            config.history_retention = d;
+        }
+        config.trash_retention = positive(self.trash_retention, "trash-retention", config.trash_retention)?;
         if let Some(DurationArg(skew)) = self.max_clock_skew {
             limits.max_clock_skew_ms = u64::try_from(skew.as_millis()).unwrap_or(u64::MAX);
         }

@@ -408,3 +408,83 @@ async fn export_then_import_into_another_account_gives_the_same_state() {
     ok(to.path(), &["import", file], None);
     assert_eq!(state(to.path()), mine);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_trash_and_a_restore_to_a_moment_from_the_command_line() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    Api::new(&server).register("cli@example.org").await;
+    let laptop = tempfile::tempdir().expect("tempdir");
+    let phone = tempfile::tempdir().expect("tempdir");
+    login(laptop.path(), &server.base_url, "cli@example.org");
+    login(phone.path(), &server.base_url, "cli@example.org");
+    ok(
+        laptop.path(),
+        &["put", "sessions", "s1", "--fields", r#"{"topic":"Trip plans"}"#],
+        None,
+    );
+    ok(laptop.path(), &["delete", "sessions", "s1"], None);
+    ok(laptop.path(), &["sync"], None);
+
+    let listed = ok(phone.path(), &["trash", "--json"], None);
+    let item = json_of(listed.lines().next().expect("one item"));
+    assert_eq!(
+        (item["collection"].clone(), item["id"].clone()),
+        (json!("sessions"), json!("s1"))
+    );
+    assert_eq!(item["fields"]["topic"], "Trip plans");
+    let restored = run(phone.path(), &["trash", "restore", "sessions", "s1"], None);
+    assert!(restored.status.success());
+    assert!(String::from_utf8_lossy(&restored.stderr).contains("restored 1 record on every device"));
+    // Pulled at once: the phone's replica has it back.
+    let got = json_of(&ok(phone.path(), &["get", "sessions", "s1", "--json"], None));
+    assert_eq!(got["fields"]["topic"], "Trip plans");
+    assert!(ok(phone.path(), &["trash", "--json"], None).trim().is_empty());
+
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let moment = nextsync_core::time::Timestamp::now().to_rfc3339();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    ok(
+        laptop.path(),
+        &["put", "sessions", "s1", "--fields", r#"{"topic":"Overwritten"}"#],
+        None,
+    );
+    ok(
+        laptop.path(),
+        &["put", "prompts", "p1", "--fields", r#"{"title":"New"}"#],
+        None,
+    );
+    let plan = json_of(&ok(
+        phone.path(),
+        &["restore", "--at", &moment, "--dry-run", "--json"],
+        None,
+    ));
+    assert_eq!(
+        (plan["reverted"].clone(), plan["trashed"].clone()),
+        (json!(1), json!(1)),
+        "{plan}"
+    );
+    let done = ok(phone.path(), &["restore", "--at", &moment], None);
+    assert!(
+        done.contains("did: 0 come back, 1 return to old values, 1 move to the trash"),
+        "{done}"
+    );
+    ok(laptop.path(), &["sync"], None);
+    let got = json_of(&ok(laptop.path(), &["get", "sessions", "s1", "--json"], None));
+    assert_eq!(got["fields"]["topic"], "Trip plans");
+    assert!(
+        !run(laptop.path(), &["get", "prompts", "p1"], None)
+            .status
+            .success()
+    );
+
+    let refused = run(laptop.path(), &["trash", "empty"], None);
+    assert!(!refused.status.success());
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    let emptied = run(laptop.path(), &["trash", "empty", "--yes"], None);
+    assert!(emptied.status.success());
+    assert!(String::from_utf8_lossy(&emptied.stderr).contains("1 record deleted for good"));
+    let bad = run(laptop.path(), &["restore", "--at", "yesterday-ish"], None);
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("neither an RFC 3339 time nor a duration"));
+}

@@ -6,7 +6,10 @@ use nextsync_core::api::{
     ConflictList, ErrorBody, LoginRequest, MergeSummary, PullResponse, PushRequest, PushResponse,
     RecentResponse, RecordView, RefreshRequest, ResolveRequest, Secret, TokenResponse,
 };
-use nextsync_core::api::{DeviceKind, MutationIn};
+use nextsync_core::api::{
+    DeviceKind, MutationIn, RestoreRequest, RestoreResponse, TrashPage, TrashPurged, TrashRestored,
+};
+use nextsync_core::ids::Seq;
 use reqwest::{Method, StatusCode};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -235,6 +238,73 @@ impl Http {
         self.call::<_, serde_json::Value>(Method::POST, &path, Some(token), Some(body), REQUEST_TIMEOUT)
             .await
             .map(drop)
+    }
+}
+
+impl Http {
+    // ---- the trash and point-in-time restore ----
+
+    pub async fn trash(
+        &self,
+        token: &Secret,
+        collection: Option<&str>,
+        before: Option<Seq>,
+    ) -> Result<TrashPage, Error> {
+        let mut path = String::from("/v1/trash?limit=500");
+        if let Some(collection) = collection {
+            path.push_str(&format!("&collection={}", encode_segment(collection)));
+        }
+        if let Some(before) = before {
+            path.push_str(&format!("&before={before}"));
+        }
+        self.call::<(), _>(Method::GET, &path, Some(token), None, REQUEST_TIMEOUT)
+            .await
+    }
+
+    pub async fn restore_from_trash(
+        &self,
+        token: &Secret,
+        collection: &str,
+        id: &str,
+        together: bool,
+    ) -> Result<TrashRestored, Error> {
+        let path = format!(
+            "/v1/trash/{}/{}/restore?together={together}",
+            encode_segment(collection),
+            encode_segment(id)
+        );
+        self.call::<(), _>(Method::POST, &path, Some(token), None, REQUEST_TIMEOUT)
+            .await
+    }
+
+    /// Purges one record (`Some((collection, id))`) or the whole trash (of `collection`).
+    pub async fn purge_trash(
+        &self,
+        token: &Secret,
+        record: Option<(&str, &str)>,
+        collection: Option<&str>,
+    ) -> Result<TrashPurged, Error> {
+        let path = match (record, collection) {
+            (Some((collection, id)), _) => {
+                format!("/v1/trash/{}/{}", encode_segment(collection), encode_segment(id))
+            }
+            (None, Some(collection)) => format!("/v1/trash?collection={}", encode_segment(collection)),
+            (None, None) => "/v1/trash".to_owned(),
+        };
+        self.call::<(), _>(Method::DELETE, &path, Some(token), None, REQUEST_TIMEOUT)
+            .await
+    }
+
+    pub async fn restore_to(&self, token: &Secret, body: &RestoreRequest) -> Result<RestoreResponse, Error> {
+        // A large account's restore writes many records: give it the import's time.
+        self.call(
+            Method::POST,
+            "/v1/restore",
+            Some(token),
+            Some(body),
+            REQUEST_TIMEOUT * 10,
+        )
+        .await
     }
 }
 

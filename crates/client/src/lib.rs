@@ -9,6 +9,7 @@
 //!   are blocked, pushes of the outbox, token refresh, back-off.
 //! - [`crypto`]: optional end-to-end encryption of field values (format: docs/E2EE.md).
 //! - [`nextchat`]: typed helpers for NextChat's collections.
+//! - [`trash`]: the account's trash and point-in-time restore (on the server).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), nextsync_client::Error> {
@@ -34,6 +35,7 @@ pub mod http;
 pub mod live;
 pub mod nextchat;
 pub mod replica;
+pub mod trash;
 
 pub use crypto::KdfParams;
 pub use error::Error;
@@ -494,7 +496,7 @@ impl Client {
         Ok(())
     }
 
-    fn key(&self) -> Option<DataKey> {
+    pub(crate) fn key(&self) -> Option<DataKey> {
         lock(&self.inner.key).clone()
     }
 

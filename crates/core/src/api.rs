@@ -377,7 +377,7 @@ pub struct TrashItem {
     /// The delete's place in the feed.
     pub seq: Seq,
     /// Records deleted by one write share it (a conversation and its messages, say):
-    /// `POST …/restore` with `together` brings them all back.
+    /// `POST …/restore?together=true` brings them all back.
     pub batch: Seq,
     /// When the trash forgets it.
     pub expires_at: Timestamp,
@@ -391,15 +391,6 @@ pub struct TrashPage {
     /// Pass as `before` for the next page; absent on the last one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub next: Option<Seq>,
-}
-
-/// `POST /v1/trash/{collection}/{id}/restore`; the body is optional.
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
-pub struct TrashRestoreRequest {
-    /// Also restore every record deleted by the same write.
-    #[serde(default)]
-    pub together: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -45,6 +45,12 @@ pub struct Config {
     pub secrets_key: Option<Secret>,
     #[serde(with = "limits")]
     pub sync_limits: SyncLimits,
+    /// How long a deleted record stays in the trash.
+    #[serde(with = "secs")]
+    pub trash_retention: Duration,
+    /// How far back a point-in-time restore reaches (per-record history is kept this long).
+    #[serde(with = "secs")]
+    pub history_retention: Duration,
     /// How long one WebSocket frame may take to leave: a client that stops reading is closed
     /// (1008 `slow_reader`) instead of holding its queue and the socket's task forever.
     /// Not a setting (tests shorten it).
@@ -136,6 +142,8 @@ impl Config {
             nextchat_max_upload_bytes: 64 * 1024 * 1024,
             secrets_key: None,
             sync_limits: SyncLimits::default(),
+            trash_retention: Duration::from_secs(30 * 24 * 3600),
+            history_retention: Duration::from_secs(7 * 24 * 3600),
             ws_send_timeout: Duration::from_secs(30),
             body_read_timeout: Duration::from_secs(30),
         }

@@ -7,6 +7,7 @@
 //! - [`account`]: `/v1/me`, devices, app passwords.
 //! - [`sync`]: the one write path (`sync::apply`), push, pull, conflicts, records API;
 //!   [`bus`]: "user U is at seq N" notices after every commit; [`ws`]: the WebSocket feed.
+//! - [`history`]: the trash and point-in-time restore.
 //! - [`nextchat`]: the NextChat doors (WebDAV, Upstash), settings, snapshots, export/import.
 //! - [`ops`]: health, readiness, metrics, OpenAPI; [`metrics`]: the Prometheus recorder.
 //! - [`mail`]: the log and SMTP mailers; [`secrets`]: keys generated into the data dir.
@@ -21,6 +22,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod history;
 pub mod mail;
 pub mod metrics;
 pub mod nextchat;
@@ -118,16 +120,19 @@ async fn serve_app(
     Ok(())
 }
 
-/// Periodic upkeep while the server runs: forgets idle rate-limit keys and drops Upstash
-/// chunks staged by uploads that never committed.
+/// Periodic upkeep while the server runs: forgets idle rate-limit keys, prunes record
+/// history past its retention and drops Upstash chunks staged by uploads that never
+/// committed.
 fn spawn_housekeeping(state: &AppState) -> tokio::task::JoinHandle<()> {
     let limits = state.limits.clone();
     let store = state.store.clone();
+    let retention = (state.config.history_retention, state.config.trash_retention);
     tokio::spawn(async move {
         let mut tick = tokio::time::interval(Duration::from_secs(60));
         loop {
             tick.tick().await;
             limits.forget_idle();
+            prune_history(&store, &retention).await;
             let before = Timestamp::now().minus_secs(STAGING_TTL_MS / 1000);
             match store.expire_staging(before).await {
                 Ok(0) => {}
@@ -136,6 +141,36 @@ fn spawn_housekeeping(state: &AppState) -> tokio::task::JoinHandle<()> {
             }
         }
     })
+}
+
+/// Drops record history past its retention (`(history, trash)`), a bounded batch at a time
+/// so the writes of users wait behind none of it for long.
+async fn prune_history(store: &std::sync::Arc<dyn nextsync_store::Store>, retention: &(Duration, Duration)) {
+    const BATCH: u32 = 1000;
+    let now = Timestamp::now();
+    let cutoff = |d: Duration| now.minus_secs(i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let mut total = 0;
+    loop {
+        match store
+            .prune_history(cutoff(retention.0), cutoff(retention.1), BATCH)
+            .await
+        {
+            Ok(n) => {
+                total += n;
+                if n < u64::from(BATCH) {
+                    break;
+                }
+                tokio::task::yield_now().await;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot prune record history");
+                break;
+            }
+        }
+    }
+    if total > 0 {
+        tracing::info!(entries = total, "pruned record history past its retention");
+    }
 }
 
 /// Resolves on SIGINT or SIGTERM.

@@ -6,7 +6,7 @@ use crate::config::Registration;
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
-use crate::{account, auth, metrics, nextchat, sync};
+use crate::{account, auth, history, metrics, nextchat, sync};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
@@ -87,6 +87,11 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         sync::get_record,
         sync::put_record,
         sync::delete_record,
+        history::list_trash,
+        history::restore_from_trash,
+        history::purge_one,
+        history::purge_trash,
+        history::restore_to_moment,
         nextchat::get_settings,
         nextchat::put_settings,
         nextchat::list_snapshots,
@@ -100,6 +105,7 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         (name = "account", description = "The signed-in user's account, devices and app passwords"),
         (name = "sync", description = "Push, pull and conflicts: the change feed of one account"),
         (name = "records", description = "Single records with optimistic locking (ETag / If-Match)"),
+        (name = "trash", description = "The trash and point-in-time restore"),
         (name = "nextchat", description = "NextChat's doors: settings, kept uploads, export and import"),
     )
 )]

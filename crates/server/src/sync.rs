@@ -76,6 +76,24 @@ pub async fn apply(
     Ok(applied)
 }
 
+/// [`apply`] for a write planned against records as read earlier: `Ok(None)` when one of
+/// them changed meanwhile (a failed precondition; nothing was written), for the caller to
+/// plan again.
+pub(crate) async fn apply_planned(
+    state: &AppState,
+    user: UserId,
+    mutations: Vec<Mutation>,
+) -> Result<Option<Applied>, ApiError> {
+    match state.store.apply(user, mutations, Timestamp::now(), None).await {
+        Ok(applied) => {
+            announce(state, user, &applied);
+            Ok(Some(applied))
+        }
+        Err(ApplyError::PreconditionFailed { .. }) => Ok(None),
+        Err(e) => Err(apply_error(e)),
+    }
+}
+
 /// Tells the bus about a commit, with its [`LivePage`] when someone here listens and it fits
 /// one page (a bigger commit is read from the store, page by page).
 fn announce(state: &AppState, user: UserId, applied: &Applied) {
@@ -506,7 +524,7 @@ pub async fn resolve_conflict(
 }
 
 /// A write the server stamps (above everything in the record) on the user's behalf.
-fn server_mutation(key: RecordKey, op: Op, precondition: Option<Precondition>) -> Mutation {
+pub(crate) fn server_mutation(key: RecordKey, op: Op, precondition: Option<Precondition>) -> Mutation {
     Mutation {
         mutation_id: format!("server:{}", uuid::Uuid::new_v4().simple()),
         key,
@@ -517,7 +535,7 @@ fn server_mutation(key: RecordKey, op: Op, precondition: Option<Precondition>) -
     }
 }
 
-fn record_key(collection: String, id: String) -> Result<RecordKey, ApiError> {
+pub(crate) fn record_key(collection: String, id: String) -> Result<RecordKey, ApiError> {
     validate_collection(&collection)?;
     validate_record_id(&id)?;
     Ok(RecordKey { collection, id })

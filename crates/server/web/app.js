@@ -407,6 +407,7 @@ function showReset(token) {
 const TABS = [
   ["conversations", "conversations", showConversations],
   ["conflicts", "conflicts", showConflicts],
+  ["trash", "trash", showTrash],
   ["devices", "devices", showDevices],
   ["nextchat", "appPasswords", showAppPasswords],
   ["settings", "settings", showSettings],
@@ -935,6 +936,199 @@ async function showSettings(content) {
     toggle("sync_settings", t("syncSettingsLabel"), t("syncSettingsHint")),
     toggle("sync_secrets", t("syncSecretsLabel"), t("syncSecretsHint")),
     notice));
+}
+
+// ---------------------------------------------------------------------------------------
+// Trash and restore to a moment: deleted records wait here; the account can go back in time.
+
+/** A human name for a record from its own fields (a trashed record cannot be read back). */
+function nameOf(collection, fields) {
+  const excerpt = (text) => (text.length > 80 ? `${text.slice(0, 80)}…` : text);
+  if (typeof fields.topic === "string") return fields.topic;
+  if (collection === "messages" && fields.content !== undefined) return excerpt(messageText(fields.content));
+  if (typeof fields.title === "string") return fields.title;
+  if (typeof fields.name === "string") return fields.name;
+  return `${collection} / ${fields.id ?? ""}`.replace(/ \/ $/, "");
+}
+
+const COLLECTION_NAMES = { sessions: "conversationKind", messages: "messageKind", masks: "maskKind", prompts: "promptKind" };
+
+function kindOf(collection) {
+  return COLLECTION_NAMES[collection] ? t(COLLECTION_NAMES[collection]) : collection;
+}
+
+/** Trash items grouped by the write that deleted them; a conversation leads its messages. */
+function trashGroups(items) {
+  const groups = new Map();
+  for (const item of items) {
+    if (!groups.has(item.batch)) groups.set(item.batch, []);
+    groups.get(item.batch).push(item);
+  }
+  const rank = (item) => (item.collection === "sessions" ? 0 : item.collection === "messages" ? 2 : 1);
+  return [...groups.values()].map((group) => group.sort((a, b) => rank(a) - rank(b) || a.seq - b.seq));
+}
+
+async function showTrash(content) {
+  const notice = h("p", { class: "notice", role: "status", id: "trash-notice" });
+  const error = errorLine();
+  const list = h("ul", { class: "list", id: "trash-list" });
+  const more = h("button", { type: "button", id: "trash-more", hidden: true }, t("loadMore"));
+  const items = [];
+  let next = null;
+
+  const draw = () => {
+    const groups = trashGroups(items);
+    list.replaceChildren(...(groups.length === 0 ? [h("li", { class: "muted", id: "trash-empty" }, t("trashEmpty"))]
+      : groups.map((group) => {
+        const lead = group[0];
+        const others = group.length - 1;
+        return h("li", { "data-trash": `${lead.collection}/${lead.id}` },
+          h("div", { class: "item-main" },
+            h("div", { class: "item-title" }, nameOf(lead.collection, lead.fields)),
+            h("div", { class: "muted" }, [
+              kindOf(lead.collection),
+              others > 0 ? t("deletedWith", { count: others }) : "",
+              t("deletedAt", { when: when(lead.deleted_at) }),
+              t("expiresAt", { when: when(lead.expires_at) }),
+            ].filter(Boolean).join(" · "))),
+          h("div", { class: "row" },
+            h("button", {
+              type: "button", class: "primary", "data-action": "restore",
+              onclick: () => act(async () => {
+                const path = `v1/trash/${encodeURIComponent(lead.collection)}/${encodeURIComponent(lead.id)}/restore?together=true`;
+                const { restored } = await request("POST", path);
+                notice.textContent = t("restoredCount", { count: restored.length });
+              }),
+            }, t("restore")),
+            h("button", {
+              type: "button", class: "danger", "data-action": "purge",
+              onclick: () => act(async () => {
+                if (!confirm(t("confirmPurge", { name: nameOf(lead.collection, lead.fields), count: group.length }))) return false;
+                for (const item of group) {
+                  await request("DELETE", `v1/trash/${encodeURIComponent(item.collection)}/${encodeURIComponent(item.id)}`)
+                    .catch((err) => { if (err.status !== 404) throw err; });
+                }
+                notice.textContent = t("purgedCount", { count: group.length });
+              }),
+            }, t("deleteForever"))));
+      })));
+    more.hidden = !next;
+    emptyButton.hidden = items.length === 0;
+  };
+  const load = async (reset) => {
+    if (reset) {
+      items.length = 0;
+      next = null;
+    }
+    const page = await request("GET", `v1/trash?limit=200${next && !reset ? `&before=${next}` : ""}`);
+    items.push(...page.items);
+    next = page.next ?? null;
+    draw();
+  };
+  /** Runs a trash action, then shows the trash as it is now. */
+  const act = async (action) => {
+    error.textContent = "";
+    notice.textContent = "";
+    try {
+      if ((await action()) === false) return;
+      await load(true);
+    } catch (err) {
+      error.textContent = err.message;
+    }
+  };
+  more.addEventListener("click", () => load(false).catch((err) => { error.textContent = err.message; }));
+  const emptyButton = h("button", {
+    type: "button", class: "danger", id: "empty-trash", hidden: true,
+    onclick: () => act(async () => {
+      if (!confirm(t("confirmEmptyTrash"))) return false;
+      const { purged } = await request("DELETE", "v1/trash");
+      notice.textContent = t("purgedCount", { count: purged });
+    }),
+  }, t("emptyTrash"));
+  content.append(h("section", { class: "card" },
+    h("h1", {}, t("trash")),
+    h("p", { class: "hint" }, t("trashHint")),
+    list, more,
+    h("div", { class: "row" }, emptyButton),
+    notice, error));
+  content.append(restoreToMoment());
+  await load(true);
+  // A delete or restore on another device shows here at once.
+  onChanges = () => {
+    clearTimeout(session.trashRedraw);
+    session.trashRedraw = setTimeout(() => load(true).catch(() => {}), 300);
+  };
+}
+
+/** A `datetime-local` value (local time, to the second) for a moment. */
+function localInput(date) {
+  const pad = (n) => String(n).padStart(2, "0");
+  return `${date.getFullYear()}-${pad(date.getMonth() + 1)}-${pad(date.getDate())}T${pad(date.getHours())}:${pad(date.getMinutes())}:${pad(date.getSeconds())}`;
+}
+
+function restoreToMoment() {
+  const moment = h("input", {
+    type: "datetime-local", id: "restore-at", step: 1, value: localInput(new Date(Date.now() - 3_600_000)),
+  });
+  const preview = h("div", { id: "restore-preview" });
+  const notice = h("p", { class: "notice", role: "status", id: "restore-notice" });
+  const error = errorLine();
+  const atIso = () => new Date(moment.value).toISOString();
+  const run = async (dryRun) => {
+    error.textContent = "";
+    notice.textContent = "";
+    try {
+      return await request("POST", "v1/restore", { at: atIso(), dry_run: dryRun });
+    } catch (err) {
+      error.textContent = err.code === "beyond_retention" ? t("beyondRetention") : err.message;
+      return null;
+    }
+  };
+  const showPlan = (plan) => {
+    const total = plan.restored + plan.reverted + plan.trashed;
+    if (total === 0) {
+      preview.replaceChildren(h("p", { class: "muted", id: "restore-nothing" }, t("restoreNothing")));
+      return;
+    }
+    const counts = h("p", { id: "restore-counts" }, t("restorePlan", {
+      restored: plan.restored, reverted: plan.reverted, trashed: plan.trashed,
+    }));
+    const byKind = new Map();
+    for (const change of plan.changes) {
+      const key = `${change.action}\u0000${change.collection}`;
+      byKind.set(key, (byKind.get(key) ?? 0) + 1);
+    }
+    const lines = [...byKind.entries()].map(([key, count]) => {
+      const [action, collection] = key.split("\u0000");
+      return h("li", {}, `${t(`action_${action}`)} · ${kindOf(collection)} · ${count}`);
+    });
+    const confirmButton = h("button", {
+      type: "button", class: "primary", id: "restore-confirm",
+      onclick: async () => {
+        confirmButton.disabled = true;
+        const done = await run(false);
+        confirmButton.disabled = false;
+        if (!done) return;
+        preview.replaceChildren();
+        notice.textContent = t("restoreDone", { when: when(Date.parse(done.at)) });
+      },
+    }, t("restoreConfirm", { count: total }));
+    preview.replaceChildren(counts, h("ul", { class: "plain" }, lines), h("div", { class: "row" }, confirmButton));
+  };
+  return h("section", { class: "card" },
+    h("h2", {}, t("restoreTitle")),
+    h("p", { class: "hint" }, t("restoreHint")),
+    h("label", { for: "restore-at" }, t("restoreAt")),
+    moment,
+    h("div", { class: "row" }, h("button", {
+      type: "button", id: "restore-preview-button",
+      onclick: async () => {
+        preview.replaceChildren();
+        const plan = await run(true);
+        if (plan) showPlan(plan);
+      },
+    }, t("restorePreview"))),
+    preview, notice, error);
 }
 
 // ---------------------------------------------------------------------------------------

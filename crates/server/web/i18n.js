@@ -57,6 +57,19 @@ const en = {
   conversations: "Conversations", searchTitles: "Search titles", noConversations: "No conversations yet. Sync NextChat to see them here.",
   pickConversation: "Pick a conversation.", you: "You", assistant: "Assistant", polling: "polling",
   kindBrowser: "browser", kindCli: "command line", kindApp: "app", kindOther: "device", kindAppPassword: "NextChat app password",
+  trash: "Trash", trashHint: "Deleted conversations, messages, masks and prompts wait here before they are gone for good. Restoring one brings it back on every device, with everything deleted together with it.",
+  trashEmpty: "The trash is empty.", loadMore: "Show more", deletedWith: "with {count} more deleted together",
+  deletedAt: "deleted {when}", expiresAt: "gone for good {when}", deleteForever: "Delete forever",
+  confirmPurge: "Delete “{name}” for good ({count} records)? It cannot be restored afterwards.",
+  emptyTrash: "Empty the trash", confirmEmptyTrash: "Delete everything in the trash for good? It cannot be restored afterwards.",
+  restoredCount: "{count} restored on every device.", purgedCount: "{count} deleted for good.",
+  conversationKind: "Conversation", messageKind: "Message", maskKind: "Mask", promptKind: "Prompt",
+  restoreTitle: "Restore to a moment", restoreHint: "Bring your account back to how it was at a moment of the last days: what was deleted since comes back, what changed returns to its old values, and what was created since moves to the trash. See what would change first.",
+  restoreAt: "Moment", restorePreview: "Show what would change", restoreNothing: "Nothing changed since that moment.",
+  restorePlan: "{restored} come back, {reverted} return to their old values, {trashed} move to the trash.",
+  action_restore: "Comes back", action_revert: "Old values", action_trash: "To the trash",
+  restoreConfirm: "Restore ({count} records)", restoreDone: "Restored to {when} on every device.",
+  beyondRetention: "The history kept does not reach back that far.",
 };
 
 const zh = {
@@ -115,6 +128,19 @@ const zh = {
   conversations: "对话", searchTitles: "搜索标题", noConversations: "还没有对话。同步 NextChat 后会显示在这里。",
   pickConversation: "选择一个对话。", you: "你", assistant: "助手", polling: "轮询",
   kindBrowser: "浏览器", kindCli: "命令行", kindApp: "应用", kindOther: "设备", kindAppPassword: "NextChat 应用密码",
+  trash: "回收站", trashHint: "删除的对话、消息、面具和提示词会先保存在这里，过期后才彻底删除。恢复一项会在所有设备上找回它，以及与它一起删除的内容。",
+  trashEmpty: "回收站是空的。", loadMore: "显示更多", deletedWith: "另有 {count} 项一起删除",
+  deletedAt: "删除于 {when}", expiresAt: "将于 {when} 彻底删除", deleteForever: "彻底删除",
+  confirmPurge: "彻底删除“{name}”（{count} 条记录）？之后无法恢复。",
+  emptyTrash: "清空回收站", confirmEmptyTrash: "彻底删除回收站中的所有内容？之后无法恢复。",
+  restoredCount: "已在所有设备上恢复 {count} 项。", purgedCount: "已彻底删除 {count} 项。",
+  conversationKind: "对话", messageKind: "消息", maskKind: "面具", promptKind: "提示词",
+  restoreTitle: "恢复到某个时间点", restoreHint: "把账户恢复到最近几天内某一时刻的样子：之后删除的会回来，之后修改的会恢复旧值，之后新建的会移到回收站。先查看将会发生的变化。",
+  restoreAt: "时间点", restorePreview: "查看将会发生的变化", restoreNothing: "从那时起没有任何变化。",
+  restorePlan: "{restored} 项会回来，{reverted} 项恢复旧值，{trashed} 项移到回收站。",
+  action_restore: "找回", action_revert: "恢复旧值", action_trash: "移到回收站",
+  restoreConfirm: "恢复（{count} 条记录）", restoreDone: "已在所有设备上恢复到 {when}。",
+  beyondRetention: "保留的历史记录到不了那么早。",
 };
 
 const dictionaries = { en, zh };

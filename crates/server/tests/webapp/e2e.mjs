@@ -239,6 +239,19 @@ async function apiAs(name) {
   const token = (await login.json()).access_token;
   let counter = 0;
   return {
+    async push(mutations) {
+      const stamped = mutations.map((m) => ({ mutation_id: `${name}-${counter}-${m.id}`, ...m,
+        hlc: `${String(Date.now()).padStart(15, "0")}-${String(counter++).padStart(5, "0")}-${name}` }));
+      const response = await fetch(`${BASE}/v1/sync/push`, { method: "POST",
+        headers: { "content-type": "application/json", authorization: `Bearer ${token}` },
+        body: JSON.stringify({ mutations: stamped }) });
+      assert.ok(response.ok, `push: ${response.status}`);
+    },
+    async get(path) {
+      const response = await fetch(`${BASE}${path}`, { headers: { authorization: `Bearer ${token}` } });
+      assert.ok(response.ok, `${path}: ${response.status}`);
+      return response.json();
+    },
     async pushMessage(id, sessionId, position, content) {
       const hlc = `${String(Date.now()).padStart(15, "0")}-${String(counter++).padStart(5, "0")}-${name}`;
       const response = await fetch(`${BASE}/v1/sync/push`, { method: "POST",
@@ -282,6 +295,60 @@ await step("conversations update live, and hostile Markdown renders inert", asyn
   assert.equal(await laptop.textContent(`${article} strong`), "the plan");
   assert.match(await laptop.textContent(`${article} pre`), /<b>not bold<\/b>/);
   await shoot(laptop, "conversations");
+});
+
+await step("the trash: a conversation deleted elsewhere shows live and comes back with its messages", async () => {
+  const phone = await apiAs("trashphone");
+  await phone.push([
+    { collection: "sessions", id: "trip2", op: "upsert", fields: { topic: "Weekend in Lisbon" } },
+    { collection: "messages", id: "t1", op: "upsert", fields: { session_id: "trip2", position: 0, role: "user", content: "Where to eat?" } },
+    { collection: "messages", id: "t2", op: "upsert", fields: { session_id: "trip2", position: 1, role: "assistant", content: "Try the Alfama." } },
+  ]);
+  await laptop.click("button[data-tab=trash]");
+  await laptop.waitForSelector("#trash-list");
+  await phone.push([
+    { collection: "sessions", id: "trip2", op: "delete" },
+    { collection: "messages", id: "t1", op: "delete" },
+    { collection: "messages", id: "t2", op: "delete" },
+  ]);
+  const item = "#trash-list li[data-trash='sessions/trip2']";
+  await laptop.waitForSelector(item, { timeout: 3000 });
+  assert.match(await laptop.textContent(item), /Weekend in Lisbon/);
+  assert.match(await laptop.textContent(item), /with 2 more deleted together/);
+  await shoot(laptop, "trash");
+  await laptop.click(`${item} button[data-action=restore]`);
+  await laptop.waitForSelector("#trash-notice:has-text('3 restored')");
+  assert.equal(await laptop.$(item), null, "it left the trash");
+  const back = await phone.get("/v1/records/messages/t2");
+  assert.equal(back.deleted, false);
+  assert.equal(back.fields.content, "Try the Alfama.");
+});
+
+await step("restore to a moment: the preview says what changes, then every device goes back", async () => {
+  const phone = await apiAs("timephone");
+  // A moment after everything so far, to the second (the input's precision).
+  await new Promise((resolve) => setTimeout(resolve, 1100));
+  const moment = Math.floor(Date.now() / 1000) * 1000;
+  while (Date.now() - moment < 20) await new Promise((resolve) => setTimeout(resolve, 5));
+  await phone.push([
+    { collection: "sessions", id: "s1", op: "upsert", fields: { topic: "Renamed by mistake" } },
+    { collection: "prompts", id: "late", op: "upsert", fields: { title: "Made after the moment", content: "x" } },
+  ]);
+  const pad = (n) => String(n).padStart(2, "0");
+  const d = new Date(moment);
+  const local = `${d.getFullYear()}-${pad(d.getMonth() + 1)}-${pad(d.getDate())}T${pad(d.getHours())}:${pad(d.getMinutes())}:${pad(d.getSeconds())}`;
+  await laptop.fill("#restore-at", local);
+  await laptop.click("#restore-preview-button");
+  await laptop.waitForSelector("#restore-counts");
+  assert.equal(await laptop.textContent("#restore-counts"), "0 come back, 1 return to their old values, 1 move to the trash.");
+  assert.equal((await phone.get("/v1/records/sessions/s1")).fields.topic, "Renamed by mistake", "a preview writes nothing");
+  await shoot(laptop, "restore");
+  await laptop.click("#restore-confirm");
+  await laptop.waitForSelector("#restore-notice:has-text('on every device')");
+  assert.equal((await phone.get("/v1/records/sessions/s1")).fields.topic, "Hello from the web test");
+  assert.equal((await phone.get("/v1/records/prompts/late")).deleted, true);
+  await laptop.waitForSelector("#trash-list li[data-trash='prompts/late']", { timeout: 3000 });
+  await laptop.click("button[data-tab=conversations]");
 });
 
 await step("the server restarts under the open page: offline, then resumed from its cursor, each message once", async () => {
