@@ -3,6 +3,7 @@
 //! every scenario is measured in several interleaved rounds and reported as a median, next to
 //! a baseline measured in the same run.
 
+mod history;
 mod nextchat;
 mod prefetch;
 mod realtime;
@@ -82,6 +83,14 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// What record history (trash, point-in-time restore) costs on disk per write, and the
+    /// apply rate with it, for messages created, edited and deleted (SQLite).
+    History {
+        #[arg(long, default_value_t = 10_000)]
+        records: usize,
+        #[arg(long, default_value_t = 3)]
+        edits: usize,
+    },
     /// Requests/s of an authenticated GET /v1/me and the cost of the per-request revocation
     /// check, against unauthenticated and JWT-only baselines.
     Auth {
@@ -116,6 +125,9 @@ fn main() -> anyhow::Result<()> {
                     postgres,
                 )
                 .await
+            }
+            Bench::History { records, edits } => {
+                history::bench_history(records.clamp(100, 200_000), edits.clamp(0, 20)).await
             }
             Bench::Store {
                 postgres,

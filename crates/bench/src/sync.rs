@@ -35,13 +35,13 @@ fn text(len: usize, seed: usize) -> String {
     out
 }
 
-fn stamp(n: u64) -> String {
+pub(crate) fn stamp(n: u64) -> String {
     let ms = nextsync_core::time::Timestamp::now().as_millis() as u64;
     format!("{ms:015}-{:05}-bench", n % 100_000)
 }
 
 /// A NextChat-sized message record (one user or assistant turn).
-fn message_fields(session: usize, position: usize) -> Value {
+pub(crate) fn message_fields(session: usize, position: usize) -> Value {
     let user = position.is_multiple_of(2);
     json!({
         "session_id": format!("session-{session:05}"),
