@@ -534,6 +534,26 @@ async fn two_instances_on_postgres_and_redis_are_one_service() {
     assert_eq!(ids, ["n1"]);
     eprintln!("cross-instance delivery: {:?}", started.elapsed());
 
+    // A reply being written on a device connected to A shows on B as a draft, unstored.
+    let mut writer = ws::connect(&a.base_url).await;
+    ws::hello(&mut writer, &laptop, None).await;
+    ws::changes(&mut writer, 1, Duration::from_secs(2)).await; // the backlog: n1
+    ws::send(
+        &mut writer,
+        json!({"type": "draft", "collection": "messages", "id": "d1", "fields": {"content": "Hel lo"}}),
+    )
+    .await;
+    let draft = loop {
+        let frame = ws::recv(&mut socket, Duration::from_secs(2))
+            .await
+            .expect("the draft reaches the other instance");
+        if frame["type"] == "draft" {
+            break frame;
+        }
+    };
+    assert_eq!(draft["fields"]["content"], "Hel lo");
+    assert_eq!(draft["device_name"], "laptop");
+
     // A sign-out through A closes the device's socket on B.
     let tablet = api_b.login("ann@example.org", PASSWORD).await;
     let mut tablet_socket = ws::connect(&b.base_url).await;

@@ -7,6 +7,7 @@
 //! - [`http`]: the `/v1` API calls.
 //! - [`live`]: the background loop: the WebSocket feed, a long-poll fallback when sockets
 //!   are blocked, pushes of the outbox, token refresh, back-off.
+//! - [`drafts`]: records being written, shown live on the other devices, never stored.
 //! - [`crypto`]: optional end-to-end encryption of field values (format: docs/E2EE.md).
 //! - [`nextchat`]: typed helpers for NextChat's collections.
 //! - [`trash`]: the account's trash and point-in-time restore (on the server).
@@ -30,6 +31,7 @@
 //! equals the server.
 
 pub mod crypto;
+pub mod drafts;
 pub mod error;
 pub mod http;
 pub mod live;
@@ -38,6 +40,7 @@ pub mod replica;
 pub mod trash;
 
 pub use crypto::KdfParams;
+pub use drafts::Draft;
 pub use error::Error;
 pub use live::{Connection, Live};
 pub use replica::{Change, Order, Origin, Query, Record, Rejected};
@@ -210,6 +213,7 @@ pub(crate) struct Inner {
     /// server answers a repeated mutation id `duplicate`).
     push_turn: tokio::sync::Mutex<()>,
     refresh_turn: tokio::sync::Mutex<()>,
+    drafts: drafts::Drafts,
 }
 
 impl std::fmt::Debug for Inner {
@@ -256,6 +260,7 @@ impl Client {
                 outbox_ready: Notify::new(),
                 push_turn: tokio::sync::Mutex::new(()),
                 refresh_turn: tokio::sync::Mutex::new(()),
+                drafts: drafts::Drafts::new(),
             }),
         })
     }
@@ -481,7 +486,7 @@ impl Client {
         }
     }
 
-    fn is_encrypted(&self) -> bool {
+    pub(crate) fn is_encrypted(&self) -> bool {
         self.inner.encrypted.load(Ordering::Acquire)
     }
 

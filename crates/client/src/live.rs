@@ -12,6 +12,7 @@
 //! The feed's order guarantees come from the cursor, not from this loop: every page, from
 //! whichever transport, is applied with the cursor it leaves the feed at.
 
+use crate::drafts::Draft;
 use crate::error::Error;
 use crate::{Client, needs_resync, system_ms};
 use futures::{SinkExt as _, StreamExt as _};
@@ -260,6 +261,8 @@ async fn follow_socket(client: &Client, stop: &mut watch::Receiver<bool>) -> Out
         return Outcome::Dropped(opened.elapsed());
     }
 
+    // Drafts go out on this socket while it lives.
+    let mut drafts = client.inner.drafts.queue.lock().await;
     let mut renew_at = renew_instant(expires_ms, client.renew_before_ms());
     let mut outbox_check = interval(OUTBOX_CHECK);
     outbox_check.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -290,7 +293,7 @@ async fn follow_socket(client: &Client, stop: &mut watch::Receiver<bool>) -> Out
                         }
                     }
                     ServerFrame::Error { code, message } => {
-                        tracing::debug!(code, "the server closed the socket: {message}");
+                        tracing::debug!(code, "the server says: {message}");
                         return match code.as_str() {
                             "token_expired" => Outcome::Again,
                             "token_revoked" | "invalid_token" | "wrong_device" => {
@@ -302,10 +305,20 @@ async fn follow_socket(client: &Client, stop: &mut watch::Receiver<bool>) -> Out
                             "resync_required" | "invalid_cursor" => {
                                 outcome_of(client, Error::Server { status: 409, code, message }).await
                             }
-                            _ => Outcome::Dropped(opened.elapsed()),
+                            // Not about the connection (a refused draft), or about it and
+                            // then the close follows: either way, read on.
+                            _ => continue,
                         };
                     }
+                    ServerFrame::Draft { collection, id, fields, device_id, device_name, .. } => {
+                        client.receive_draft(Draft { collection, id, fields, device_id, device_name });
+                    }
                     ServerFrame::PushResult(_) | ServerFrame::AuthOk { .. } | ServerFrame::Pong => {}
+                }
+            }
+            Some(frame) = drafts.recv() => {
+                if send(&mut socket, &frame).await.is_err() {
+                    return Outcome::Dropped(opened.elapsed());
                 }
             }
             () = client.outbox_ready().notified() => {

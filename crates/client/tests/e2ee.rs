@@ -203,3 +203,78 @@ async fn nextchat_doors_refuse_an_encrypted_account_with_an_error_nextchat_shows
         .expect("put");
     assert_eq!(put.status(), 409);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drafts_reach_the_other_device_and_the_server_relays_only_ciphertext() {
+    use nextsync_client::Connection;
+    use nextsync_testkit::ws;
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    let api = Api::new(&server);
+    api.register("draft@example.org").await;
+    let (d1, d2) = (
+        tempfile::tempdir().expect("dir"),
+        tempfile::tempdir().expect("dir"),
+    );
+    let laptop = device(&server.base_url, "draft@example.org", &d1).await;
+    let phone = device(&server.base_url, "draft@example.org", &d2).await;
+    laptop
+        .enable_encryption("a long passphrase")
+        .await
+        .expect("enable");
+    phone.sync().await.ok();
+    phone.unlock("a long passphrase").await.expect("unlock");
+    // Not live yet: nothing can go.
+    let early = laptop
+        .send_draft("messages", "m1", Some(fields(json!({"content": "x"}))))
+        .await
+        .expect("draft");
+    assert!(!early, "a draft needs the live socket");
+
+    // What the server relays, seen by a third socket of the account.
+    let observer = api.login("draft@example.org", PASSWORD).await;
+    let mut socket = ws::connect(&server.base_url).await;
+    ws::hello(&mut socket, &observer, None).await;
+    let mut drafts = phone.subscribe_drafts();
+    let (laptop_live, phone_live) = (laptop.start(), phone.start());
+    for client in [&laptop, &phone] {
+        let mut state = client.connection();
+        tokio::time::timeout(
+            std::time::Duration::from_secs(10),
+            state.wait_for(|s| *s == Connection::Live),
+        )
+        .await
+        .expect("live in time")
+        .expect("live");
+    }
+    let marker = "MARKER-draft-51c2";
+    let text = format!("{marker}: the reply so far");
+    let sent = laptop
+        .send_draft(
+            "messages",
+            "m1",
+            Some(fields(json!({"session_id": "s1", "content": text}))),
+        )
+        .await
+        .expect("draft");
+    assert!(sent);
+    let draft = tokio::time::timeout(std::time::Duration::from_secs(5), drafts.recv())
+        .await
+        .expect("in time")
+        .expect("a draft");
+    assert_eq!((draft.collection.as_str(), draft.id.as_str()), ("messages", "m1"));
+    assert_eq!(draft.fields.as_ref().expect("fields")["content"], json!(text));
+    let relayed = loop {
+        let frame = ws::recv(&mut socket, std::time::Duration::from_secs(5))
+            .await
+            .expect("a frame");
+        if frame["type"] == "draft" {
+            break frame;
+        }
+    };
+    let on_the_wire = relayed["fields"]["content"].as_str().expect("a string");
+    assert!(on_the_wire.starts_with("nse1:"), "{on_the_wire}");
+    assert!(!relayed.to_string().contains(marker));
+    laptop_live.stop().await;
+    phone_live.stop().await;
+}

@@ -485,6 +485,18 @@ pub enum ClientFrame {
         access_token: Secret,
     },
     Ping,
+    /// A record being written (an AI reply streaming in), relayed to the account's other
+    /// sockets and never stored: `fields` are what the final write will hold so far; `null`
+    /// ends the draft without a write. The record's write replaces the draft.
+    Draft {
+        collection: String,
+        id: String,
+        #[serde(default)]
+        fields: Option<Map<String, Value>>,
+        /// The seq of the record the draft builds on, when the sender knows it.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq_hint: Option<Seq>,
+    },
 }
 
 /// Frames the server sends.
@@ -506,6 +518,16 @@ pub enum ServerFrame {
         expires_in: u64,
     },
     Pong,
+    /// Another device's draft (see [`ClientFrame::Draft`]), with who is writing it.
+    Draft {
+        collection: String,
+        id: String,
+        fields: Option<Map<String, Value>>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        seq_hint: Option<Seq>,
+        device_id: String,
+        device_name: String,
+    },
     /// After an error about the connection itself (bad hello, expired or revoked token) the
     /// server closes the socket.
     Error {

@@ -28,6 +28,19 @@ pub enum Notice {
     /// Notices may have been missed (the fan-out link was down): every reader re-reads the
     /// store. Local only; never published.
     Resync,
+    /// A draft frame for `user`'s sockets, except the one that sent it (`from`, a
+    /// [`socket_id`] of this instance; 0 when it came from another instance).
+    Draft {
+        user: UserId,
+        from: u64,
+        frame: axum::extract::ws::Utf8Bytes,
+    },
+}
+
+/// A number naming one socket of this process (never 0), for [`Notice::Draft`].
+pub fn socket_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// What one commit appended to a user's feed, as the `changes` frame a socket whose cursor is
@@ -88,7 +101,7 @@ impl Hub {
     pub fn deliver(&self, notice: Notice) {
         let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
         match notice {
-            Notice::Changed { user, .. } | Notice::SignedOut { user } => {
+            Notice::Changed { user, .. } | Notice::SignedOut { user } | Notice::Draft { user, .. } => {
                 // Nobody listening any more: forget the user.
                 if users.get(&user).is_some_and(|tx| tx.send(notice).is_err()) {
                     users.remove(&user);
@@ -141,9 +154,10 @@ pub struct RedisBus {
     healthy: Arc<AtomicBool>,
 }
 
-/// The pub/sub channel; messages are `"<instance> changed <user> <head>"` or
-/// `"<instance> signed_out <user>"`. A wire format between versions of nextsync: extend, do
-/// not change.
+/// The pub/sub channel; messages are `"<instance> changed <user> <head>"`,
+/// `"<instance> signed_out <user>"` or `"<instance> draft <user> <frame JSON>"`. A wire
+/// format between versions of nextsync: extend, do not change (older instances ignore kinds
+/// they do not know).
 pub const CHANNEL: &str = "nextsync:bus";
 
 impl RedisBus {
@@ -192,6 +206,7 @@ fn encode(notice: &Notice, instance: &str) -> Option<String> {
     match notice {
         Notice::Changed { user, head, .. } => Some(format!("{instance} changed {user} {head}")),
         Notice::SignedOut { user } => Some(format!("{instance} signed_out {user}")),
+        Notice::Draft { user, frame, .. } => Some(format!("{instance} draft {user} {}", frame.as_str())),
         Notice::Resync => None,
     }
 }
@@ -272,17 +287,25 @@ async fn subscribe(client: &redis::Client) -> redis::RedisResult<redis::aio::Pub
 
 /// A notice from another instance; `None` for our own (already delivered) or garbage.
 fn decode(text: &str, instance: &str) -> Option<Notice> {
-    let mut parts = text.split(' ');
-    if parts.next()? == instance {
+    // A draft's frame is JSON with spaces of its own: it is everything after the user.
+    let mut parts = text.splitn(4, ' ');
+    let (sender, kind, user) = (parts.next()?, parts.next()?, parts.next()?);
+    if sender == instance {
         return None;
     }
-    match (parts.next()?, parts.next()?.parse().ok()?, parts.next()) {
-        ("changed", user, Some(head)) => Some(Notice::Changed {
+    let user: UserId = user.parse().ok()?;
+    match (kind, parts.next()) {
+        ("changed", Some(head)) => Some(Notice::Changed {
             user,
             head: Seq(head.parse().ok()?),
             page: None,
         }),
-        ("signed_out", user, None) => Some(Notice::SignedOut { user }),
+        ("signed_out", None) => Some(Notice::SignedOut { user }),
+        ("draft", Some(frame)) => Some(Notice::Draft {
+            user,
+            from: 0,
+            frame: frame.to_owned().into(),
+        }),
         _ => None,
     }
 }
@@ -306,6 +329,27 @@ mod tests {
             decode(&format!("b signed_out {user}"), "a"),
             Some(Notice::SignedOut { user })
         );
+        let frame = r#"{"type":"draft","collection":"messages","id":"m 1","fields":{"content":"a b"}}"#;
+        assert_eq!(
+            decode(&format!("b draft {user} {frame}"), "a"),
+            Some(Notice::Draft {
+                user,
+                from: 0,
+                frame: frame.to_owned().into()
+            })
+        );
+        assert_eq!(
+            encode(
+                &Notice::Draft {
+                    user,
+                    from: 7,
+                    frame: frame.to_owned().into()
+                },
+                "b"
+            ),
+            Some(format!("b draft {user} {frame}"))
+        );
+        assert_eq!(decode(&format!("a draft {user} {frame}"), "a"), None);
         assert_eq!(decode(&format!("a changed {user} 42"), "a"), None);
         assert_eq!(decode("b changed nobody 1", "a"), None);
         assert_eq!(decode("garbage", "a"), None);

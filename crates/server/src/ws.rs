@@ -14,7 +14,7 @@
 
 use crate::auth::AuthUser;
 use crate::auth::extract::{authenticate, bearer_token, ensure_signed_in};
-use crate::bus::Notice;
+use crate::bus::{Notice, socket_id};
 use crate::error::ApiError;
 use crate::state::AppState;
 use crate::sync::{apply_push, pull_page};
@@ -26,6 +26,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use nextsync_core::api::{ClientFrame, ServerFrame, WS_PROTOCOL};
 use nextsync_core::cursor::Cursor;
+use nextsync_core::push::{validate_collection, validate_fields, validate_record_id};
 use nextsync_core::time::Timestamp;
 use std::time::Duration;
 use tokio::sync::broadcast::error::RecvError;
@@ -68,7 +69,13 @@ async fn open_socket(
         .read_buffer_size(4 * 1024)
         .write_buffer_size(4 * 1024)
         .on_upgrade(move |socket| async move {
-            let mut conn = Connection { socket, state };
+            let mut conn = Connection {
+                socket,
+                state,
+                id: socket_id(),
+                drafts: DraftBudget::new(),
+                device_name: None,
+            };
             if let Err(close) = conn.run(pre_auth).await {
                 conn.close(close).await;
             }
@@ -100,6 +107,48 @@ fn close(code: &str, message: &str) -> Close {
 struct Connection {
     socket: WebSocket,
     state: AppState,
+    /// This socket's name on the bus, so its own drafts are not echoed back to it.
+    id: u64,
+    drafts: DraftBudget,
+    /// The signed-in device's name, looked up at the first draft (receivers show it).
+    device_name: Option<String>,
+}
+
+/// Drafts one socket may relay: a burst of [`DRAFT_BURST`], then one every
+/// [`DRAFT_INTERVAL`]. Beyond that they are dropped (the next one carries everything so
+/// far, and the final write replaces them all), and the sender hears it once.
+struct DraftBudget {
+    tokens: f64,
+    refilled: Instant,
+    warned: bool,
+}
+
+const DRAFT_BURST: f64 = 10.0;
+const DRAFT_INTERVAL: Duration = Duration::from_millis(50);
+
+impl DraftBudget {
+    fn new() -> Self {
+        Self {
+            tokens: DRAFT_BURST,
+            refilled: Instant::now(),
+            warned: false,
+        }
+    }
+
+    /// Takes one draft's turn; false when over the rate.
+    fn take(&mut self) -> bool {
+        let now = Instant::now();
+        let earned = now.duration_since(self.refilled).as_secs_f64() / DRAFT_INTERVAL.as_secs_f64();
+        self.tokens = (self.tokens + earned).min(DRAFT_BURST);
+        self.refilled = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            self.warned = false;
+            true
+        } else {
+            false
+        }
+    }
 }
 
 impl Connection {
@@ -173,6 +222,9 @@ impl Connection {
                         };
                     }
                     Ok(Notice::SignedOut { user }) if user == auth.user => ensure_signed_in(&self.state, auth).await?,
+                    Ok(Notice::Draft { user, from, frame }) if user == auth.user && from != self.id => {
+                        self.send_text(frame).await?;
+                    }
                     Ok(Notice::Resync) | Err(RecvError::Lagged(_)) => {
                         ensure_signed_in(&self.state, auth).await?;
                         cursor = self.catch_up(auth, Some(cursor), false).await?;
@@ -271,7 +323,7 @@ impl Connection {
             self.send(&ServerFrame::Welcome {
                 cursor: start.encode(),
                 protocol: WS_PROTOCOL,
-                capabilities: vec!["push".into(), "auth".into(), "ping".into()],
+                capabilities: vec!["push".into(), "auth".into(), "ping".into(), "draft".into()],
             })
             .await?;
         }
@@ -330,6 +382,15 @@ impl Connection {
                 self.send(&ServerFrame::Pong).await?;
                 Ok(None)
             }
+            ClientFrame::Draft {
+                collection,
+                id,
+                fields,
+                seq_hint,
+            } => {
+                self.relay_draft(auth, collection, id, fields, seq_hint).await?;
+                Ok(None)
+            }
             ClientFrame::Hello { .. } => {
                 let error = ServerFrame::Error {
                     code: "bad_frame".into(),
@@ -339,6 +400,78 @@ impl Connection {
                 Ok(None)
             }
         }
+    }
+}
+
+impl Connection {
+    /// Hands a draft to the account's other sockets, here and on other instances. Nothing is
+    /// stored. A refused draft is answered with an `error` frame; the socket stays open.
+    async fn relay_draft(
+        &mut self,
+        auth: AuthUser,
+        collection: String,
+        id: String,
+        fields: Option<serde_json::Map<String, serde_json::Value>>,
+        seq_hint: Option<nextsync_core::ids::Seq>,
+    ) -> Result<(), Close> {
+        let valid = validate_collection(&collection)
+            .and_then(|()| validate_record_id(&id))
+            .and_then(|()| match &fields {
+                Some(fields) => validate_fields(fields, &self.state.config.sync_limits),
+                None => Ok(()),
+            });
+        if let Err(e) = valid {
+            let e = ApiError::from(e);
+            let error = ServerFrame::Error {
+                code: e.code().to_owned(),
+                message: e.message().to_owned(),
+            };
+            return self.send(&error).await;
+        }
+        if !self.drafts.take() {
+            if !std::mem::replace(&mut self.drafts.warned, true) {
+                let error = ServerFrame::Error {
+                    code: "draft_rate_limited".into(),
+                    message: format!(
+                        "drafts are relayed at most every {} ms per socket; the rest are dropped",
+                        DRAFT_INTERVAL.as_millis()
+                    ),
+                };
+                self.send(&error).await?;
+            }
+            return Ok(());
+        }
+        let device_name = match &self.device_name {
+            Some(name) => name.clone(),
+            None => {
+                let devices = self
+                    .state
+                    .store
+                    .list_devices(auth.user)
+                    .await
+                    .map_err(|e| Close::from(ApiError::from(e)))?;
+                let name = devices
+                    .into_iter()
+                    .find(|d| d.device_id == auth.device)
+                    .map_or_else(|| "another device".to_owned(), |d| d.name);
+                self.device_name.insert(name).clone()
+            }
+        };
+        let frame = ServerFrame::Draft {
+            collection,
+            id,
+            fields,
+            seq_hint,
+            device_id: auth.device.to_string(),
+            device_name,
+        };
+        let text = serde_json::to_string(&frame).map_err(|_| close("internal", "cannot encode a frame"))?;
+        self.state.bus.notify(Notice::Draft {
+            user: auth.user,
+            from: self.id,
+            frame: text.into(),
+        });
+        Ok(())
     }
 }
 

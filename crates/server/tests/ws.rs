@@ -362,3 +362,119 @@ async fn a_stopping_server_closes_sockets_and_answers_long_polls() {
     }
     assert_eq!(close_code, Some(CloseCode::Away));
 }
+
+/// The next frame of `kind`, skipping others; `None` when none comes within `within`.
+async fn frame_of(socket: &mut Socket, kind: &str, within: Duration) -> Option<Value> {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+        let frame = recv(socket, left).await?;
+        if frame["type"] == kind {
+            return Some(frame);
+        }
+    }
+}
+
+#[tokio::test]
+async fn drafts_reach_the_accounts_other_sockets_and_are_never_stored() {
+    let db = TestDb::sqlite();
+    let (server, api) = start(&db).await;
+    let laptop = api.register("ann@example.org").await;
+    let phone = api.login("ann@example.org", PASSWORD).await;
+    let bo = api.register("bo@example.org").await;
+    let mut sockets = Vec::new();
+    for session in [&laptop, &phone, &bo] {
+        let mut socket = connect(&server).await;
+        let welcome = hello(&mut socket, session, None).await;
+        assert!(
+            welcome["capabilities"]
+                .as_array()
+                .expect("capabilities")
+                .contains(&json!("draft"))
+        );
+        sockets.push(socket);
+    }
+    let [mut writer, mut reader, mut stranger] = <[Socket; 3]>::try_from(sockets).expect("three");
+    let draft = |content: Option<&str>| {
+        json!({"type": "draft", "collection": "messages", "id": "m1", "seq_hint": 0,
+            "fields": content.map(|c| json!({"session_id": "s1", "content": c}))})
+    };
+
+    send(&mut writer, draft(Some("The answer"))).await;
+    let relayed = frame_of(&mut reader, "draft", Duration::from_secs(2))
+        .await
+        .expect("the other socket hears the draft");
+    assert_eq!(relayed["fields"]["content"], "The answer");
+    assert_eq!(
+        (
+            relayed["collection"].clone(),
+            relayed["id"].clone(),
+            relayed["seq_hint"].clone()
+        ),
+        (json!("messages"), json!("m1"), json!(0))
+    );
+    assert_eq!(relayed["device_name"], "laptop");
+    assert_eq!(relayed["device_id"], json!(laptop.device_id));
+    assert!(
+        frame_of(&mut writer, "draft", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "not echoed to its sender"
+    );
+    assert!(
+        frame_of(&mut stranger, "draft", Duration::from_millis(300))
+            .await
+            .is_none(),
+        "never to another account"
+    );
+    // Ending a draft without a write.
+    send(&mut writer, draft(None)).await;
+    let ended = frame_of(&mut reader, "draft", Duration::from_secs(2))
+        .await
+        .expect("end");
+    assert_eq!(ended["fields"], Value::Null);
+    // Nothing was written.
+    let (_, pulled) = api.get("/v1/sync/pull", laptop.token()).await;
+    assert_eq!(pulled["changes"], json!([]), "{pulled}");
+
+    // A bad draft is answered; the socket stays.
+    send(
+        &mut writer,
+        json!({"type": "draft", "collection": "", "id": "m1", "fields": {}}),
+    )
+    .await;
+    let refused = frame_of(&mut writer, "error", Duration::from_secs(2))
+        .await
+        .expect("error");
+    assert_eq!(refused["code"], "invalid_collection", "{refused}");
+
+    // Over the rate: a burst is relayed, the rest dropped, and the sender hears it once.
+    for n in 0..40 {
+        send(&mut writer, draft(Some(&format!("word {n}")))).await;
+    }
+    send(&mut writer, json!({"type": "ping"})).await;
+    let mut warnings = 0;
+    loop {
+        let frame = recv(&mut writer, Duration::from_secs(2)).await.expect("frames");
+        match frame["type"].as_str() {
+            Some("error") => {
+                assert_eq!(frame["code"], "draft_rate_limited");
+                warnings += 1;
+            }
+            Some("pong") => break,
+            _ => {}
+        }
+    }
+    assert_eq!(warnings, 1);
+    let mut relayed = 0;
+    while frame_of(&mut reader, "draft", Duration::from_millis(300))
+        .await
+        .is_some()
+    {
+        relayed += 1;
+    }
+    assert!((8..40).contains(&relayed), "{relayed} of 40 relayed");
+    // A positive control for the silences above: a write does reach every socket of Ann's.
+    push(&api, &phone, vec![upsert("p1", "n1", 1)]).await;
+    changes(&mut writer, 1).await;
+}

@@ -147,13 +147,35 @@ const feed = { failures: 0, polling: false, retryTimer: null };
 /** Every record seen, by `collection/id`, at its latest state. */
 const records = new Map();
 
+/**
+ * Replies being written on another device (`draft` frames), by `collection/id`: the fields so
+ * far, who writes them and when they last grew. The record's write replaces its draft; one
+ * that stops growing (its device went away) is dropped after a while.
+ */
+const drafts = new Map();
+const DRAFT_STALE_MS = 15_000;
+let draftExpiry = null;
+
 function applyChanges(changes) {
   for (const change of changes) {
     const key = `${change.collection}/${change.id}`;
+    drafts.delete(key);
     if (change.deleted) records.delete(key);
     else records.set(key, change);
   }
   onChanges?.(changes);
+}
+
+function applyDraft(frame) {
+  const key = `${frame.collection}/${frame.id}`;
+  if (frame.fields) drafts.set(key, { ...frame, seen: Date.now() });
+  else drafts.delete(key);
+  clearTimeout(draftExpiry);
+  draftExpiry = setTimeout(() => {
+    for (const [k, d] of drafts) if (Date.now() - d.seen > DRAFT_STALE_MS) drafts.delete(k);
+    onChanges?.([]);
+  }, DRAFT_STALE_MS + 100);
+  onChanges?.([]);
 }
 
 function connectSocket() {
@@ -184,6 +206,7 @@ function connectSocket() {
     }
     if (frame.cursor) session.cursor = frame.cursor;
     if (frame.type === "changes") applyChanges(frame.changes);
+    if (frame.type === "draft") applyDraft(frame);
     if (frame.type === "error" && (frame.code === "token_revoked" || frame.code === "account_disabled")) {
       signedOut(t("signedOutElsewhere"));
     }
@@ -555,9 +578,20 @@ function sessionsNewestFirst() {
   return sessions.sort((a, b) => updated(b) - updated(a) || a.id.localeCompare(b.id));
 }
 
+/** The session's messages in order, with replies still being written elsewhere (drafts). */
 function messagesOf(sessionId) {
-  return [...records.values()]
-    .filter((r) => r.collection === "messages" && r.fields.session_id === sessionId)
+  const shown = new Map();
+  for (const r of records.values()) {
+    if (r.collection === "messages" && r.fields.session_id === sessionId) shown.set(r.id, r);
+  }
+  for (const d of drafts.values()) {
+    const base = shown.get(d.id);
+    if (d.collection !== "messages" || Date.now() - d.seen > DRAFT_STALE_MS) continue;
+    const fields = { ...(base?.fields ?? {}), ...d.fields };
+    if (fields.session_id !== sessionId) continue;
+    shown.set(d.id, { collection: "messages", id: d.id, fields, seq: base?.seq ?? Number.MAX_SAFE_INTEGER, draft: d });
+  }
+  return [...shown.values()]
     .sort((a, b) => (a.fields.position ?? 0) - (b.fields.position ?? 0) || a.seq - b.seq);
 }
 
@@ -598,11 +632,13 @@ async function showConversations(content) {
     view.replaceChildren(
       h("h2", {}, String(selected.fields.topic ?? selected.id)),
       ...messagesOf(selected.id).map((m) => h("article", {
-        class: `message ${m.fields.role === "user" ? "from-user" : "from-model"}`, "data-message": m.id,
+        class: `message ${m.fields.role === "user" ? "from-user" : "from-model"}${m.draft ? " draft" : ""}`,
+        "data-message": m.id, "data-draft": m.draft ? "true" : false,
       },
       h("div", { class: "muted" }, [m.fields.role === "user" ? t("you") : String(m.fields.model ?? t("assistant")),
         typeof m.fields.date === "string" ? ` · ${m.fields.date}` : ""].join("")),
-      h("div", { class: "md" }, markdown(messageText(m.fields.content))))));
+      h("div", { class: "md" }, markdown(messageText(m.fields.content))),
+      m.draft ? h("div", { class: "writing", role: "status" }, t("beingWritten", { device: m.draft.device_name })) : null)));
   };
   const draw = () => {
     drawList();

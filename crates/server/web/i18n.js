@@ -70,6 +70,7 @@ const en = {
   action_restore: "Comes back", action_revert: "Old values", action_trash: "To the trash",
   restoreConfirm: "Restore ({count} records)", restoreDone: "Restored to {when} on every device.",
   beyondRetention: "The history kept does not reach back that far.",
+  beingWritten: "being written on {device}…",
 };
 
 const zh = {
@@ -141,6 +142,7 @@ const zh = {
   action_restore: "找回", action_revert: "恢复旧值", action_trash: "移到回收站",
   restoreConfirm: "恢复（{count} 条记录）", restoreDone: "已在所有设备上恢复到 {when}。",
   beyondRetention: "保留的历史记录到不了那么早。",
+  beingWritten: "正在 {device} 上生成…",
 };
 
 const dictionaries = { en, zh };

@@ -239,6 +239,7 @@ async function apiAs(name) {
   const token = (await login.json()).access_token;
   let counter = 0;
   return {
+    token,
     async push(mutations) {
       const stamped = mutations.map((m) => ({ mutation_id: `${name}-${counter}-${m.id}`, ...m,
         hlc: `${String(Date.now()).padStart(15, "0")}-${String(counter++).padStart(5, "0")}-${name}` }));
@@ -295,6 +296,36 @@ await step("conversations update live, and hostile Markdown renders inert", asyn
   assert.equal(await laptop.textContent(`${article} strong`), "the plan");
   assert.match(await laptop.textContent(`${article} pre`), /<b>not bold<\/b>/);
   await shoot(laptop, "conversations");
+});
+
+await step("a reply being written on another device grows live, and its write replaces it", async () => {
+  await laptop.click("#session-list button[data-session=s1]");
+  const writer = await apiAs("studio");
+  const { page: phone } = await newPage("phone");
+  await phone.evaluate(async ({ url, token }) => {
+    const ws = new WebSocket(url);
+    await new Promise((resolve) => ws.addEventListener("open", resolve));
+    ws.send(JSON.stringify({ type: "hello", access_token: token }));
+    await new Promise((resolve) => ws.addEventListener("message", resolve, { once: true }));
+    window.socket = ws;
+  }, { url: `${BASE.replace(/^http/, "ws")}/v1/sync/ws`, token: writer.token });
+  const fields = { session_id: "s1", position: 9, role: "assistant", model: "gpt-4o" };
+  const article = "#message-view article[data-message=streamed]";
+  for (const content of ["Lisbon", "Lisbon is the capital", "Lisbon is the capital of Portugal."]) {
+    await phone.evaluate((frame) => window.socket.send(JSON.stringify(frame)),
+      { type: "draft", collection: "messages", id: "streamed", fields: { ...fields, content } });
+    await laptop.waitForSelector(`${article}[data-draft] .md:has-text("${content}")`, { timeout: 2000 });
+  }
+  assert.equal(await laptop.textContent(`${article} .writing`), "being written on studio…");
+  await shoot(laptop, "draft");
+  const stored = await fetch(`${BASE}/v1/records/messages/streamed`, { headers: { authorization: `Bearer ${writer.token}` } });
+  assert.equal(stored.status, 404, "a draft is never stored");
+  await writer.push([{ collection: "messages", id: "streamed", op: "upsert",
+    fields: { ...fields, content: "Lisbon is the capital of Portugal." } }]);
+  await laptop.waitForSelector(`${article}:not([data-draft])`, { timeout: 2000 });
+  assert.equal(await laptop.$$eval(article, (n) => n.length), 1);
+  assert.equal(await laptop.$(`${article} .writing`), null);
+  await phone.close();
 });
 
 await step("the trash: a conversation deleted elsewhere shows live and comes back with its messages", async () => {
