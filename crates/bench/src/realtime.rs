@@ -177,6 +177,39 @@ async fn latency(
     Ok(measured)
 }
 
+/// Draft relay (a reply streaming in on one device, shown on another): `n` drafts of a
+/// growing reply sent on `writer` at the pace a client streams them (every 55 ms, within the
+/// per-socket rate), each timed until `reader` has it. In ms.
+async fn draft_latency(writer: &mut Socket, reader: &mut Socket, n: usize) -> anyhow::Result<Vec<f64>> {
+    let mut samples = Vec::with_capacity(n);
+    let mut reply = String::new();
+    for i in 0..n {
+        let paced = Instant::now() + Duration::from_millis(55);
+        if reply.len() < 4000 {
+            reply.push_str("more words ");
+        }
+        let start = Instant::now();
+        nextsync_testkit::ws::send(
+            writer,
+            json!({"type": "draft", "collection": "messages", "id": format!("d{i}"),
+                "fields": {"session_id": "s1", "role": "assistant", "content": reply}}),
+        )
+        .await;
+        let wanted = format!("d{i}");
+        loop {
+            let frame = nextsync_testkit::ws::recv(reader, Duration::from_secs(5))
+                .await
+                .ok_or_else(|| anyhow::anyhow!("draft {i} never arrived"))?;
+            if frame["type"] == "draft" && frame["id"] == wanted.as_str() {
+                break;
+            }
+        }
+        samples.push(start.elapsed().as_secs_f64() * 1e3);
+        tokio::time::sleep_until(paced.into()).await;
+    }
+    Ok(samples)
+}
+
 /// p50 and p99 in ms of `n` sequential authenticated `GET /v1/me` round trips: the floor
 /// under a push's own round trip (HTTP, the token and revocation check, one store read).
 async fn me_round_trips(api: &Api, session: &Session, n: usize) -> anyhow::Result<(f64, f64)> {
@@ -273,6 +306,13 @@ pub async fn bench_realtime(
     println!(
         "| push → other device's socket, one instance ({store_name}), 1,000 sequential writes | {p50:.2} ms | {p99:.2} ms |"
     );
+    let mut writer = open(&server.base_url, &laptop).await;
+    let mut drafts = draft_latency(&mut writer, &mut socket, 200).await?;
+    let (d50, d99) = Latency::p50_p99(&mut drafts);
+    println!(
+        "| draft (a reply streaming in, up to 4 KB) → other device's socket, one instance, 200 drafts every 55 ms | {d50:.2} ms | {d99:.2} ms |"
+    );
+    drop(writer);
     match node_relay(&server.base_url, &laptop, &phone, 1000, 20) {
         Ok(node) => println!(
             "| push → other device's socket, one instance ({store_name}), Node client (fetch + `ws`), a write every 20 ms, {} writes | {:.2} ms (p90 {:.2}) | {:.2} ms |",
@@ -309,6 +349,12 @@ pub async fn bench_realtime(
             let (p50, p99) = Latency::p50_p99(&mut cross.delivery);
             println!(
                 "| push on A → socket on B (PostgreSQL + Redis), 1,000 sequential writes | {p50:.2} ms | {p99:.2} ms |"
+            );
+            let mut writer = open(&a.base_url, &laptop).await;
+            let mut drafts = draft_latency(&mut writer, &mut socket, 200).await?;
+            let (d50, d99) = Latency::p50_p99(&mut drafts);
+            println!(
+                "| draft on A → socket on B (Redis), 200 drafts every 55 ms | {d50:.2} ms | {d99:.2} ms |"
             );
         }
         None => println!("| across two instances | skipped: no PostgreSQL | |"),
