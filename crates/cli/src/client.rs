@@ -138,6 +138,14 @@ pub enum ClientCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Check this replica against the server's digests; with --repair, fetch again only
+    /// the records that differ. Exits 1 when something differs (and was not repaired).
+    Verify {
+        #[arg(long)]
+        repair: bool,
+        #[arg(long)]
+        json: bool,
+    },
     /// List conflicts, or settle one.
     Conflicts {
         #[command(subcommand)]
@@ -228,6 +236,7 @@ pub async fn run(args: ClientArgs, command: ClientCommand) -> anyhow::Result<()>
             json,
         } => list(&client, collection, recent, limit, json).await,
         ClientCommand::Conflicts { action, json } => conflicts(&client, action, json).await,
+        ClientCommand::Verify { repair, json } => verify(&client, repair, json).await,
         ClientCommand::Trash {
             action,
             collection,
@@ -704,6 +713,39 @@ async fn conflicts(client: &Client, action: Option<ConflictAction>, json: bool) 
 }
 
 /// The SDK's error, with what to do about it.
+async fn verify(client: &Client, repair: bool, json: bool) -> anyhow::Result<()> {
+    let health = client.verify(repair).await.map_err(explain)?;
+    if json {
+        println!("{}", serde_json::to_string(&health)?);
+    } else {
+        for c in &health.collections {
+            let state = if c.matches {
+                "ok".to_owned()
+            } else {
+                format!("DIFFERS in {} bucket(s)", c.differing_buckets)
+            };
+            println!(
+                "{}\t{} records here, {} on the server\t{state}",
+                c.collection, c.local_records, c.server_records
+            );
+        }
+        for r in &health.repaired {
+            println!("repaired {}/{}: {}", r.collection, r.id, r.action);
+        }
+        if health.collections.is_empty() {
+            println!("no records on either side");
+        }
+    }
+    if !health.ok {
+        bail!(if repair {
+            "the replica still differs from the server after the repair"
+        } else {
+            "the replica differs from the server; run `nextsync verify --repair`"
+        });
+    }
+    Ok(())
+}
+
 /// [`explain`] for an SDK error inside an `anyhow` one.
 fn explain_any(e: anyhow::Error) -> anyhow::Error {
     match e.downcast::<Error>() {

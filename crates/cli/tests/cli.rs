@@ -258,8 +258,65 @@ fn print_config_layers_flags_env_and_file_and_redacts_secrets() {
 
 both_backends!(
     admin_commands_act_on_the_running_servers_store,
-    an_acknowledged_write_survives_sigkill
+    an_acknowledged_write_survives_sigkill,
+    admin_verify_reports_a_sound_store_and_fails_on_a_damaged_one
 );
+
+async fn admin_verify_reports_a_sound_store_and_fails_on_a_damaged_one(db: TestDb) {
+    let mut cmd = nextsync(&db.data_dir());
+    cmd.arg("serve")
+        .args(store_args(&db))
+        .args(["--bind", "127.0.0.1:0"]);
+    let server = ServerProcess::spawn(cmd);
+    let api = server.api();
+    let ann = api.register("ann@example.org").await;
+    let notes: Vec<serde_json::Value> = (0..20).map(|n| note(&format!("n{n}"), n)).collect();
+    let (status, body) = api
+        .post("/v1/sync/push", ann.token(), json!({"mutations": notes}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, _) = api.get("/v1/sync/digest", ann.token()).await;
+    assert_eq!(status, StatusCode::OK);
+    let verify = || {
+        let mut cmd = nextsync(&db.data_dir());
+        cmd.arg("admin").args(store_args(&db)).args(["verify", "--json"]);
+        run(cmd, None)
+    };
+    // While the server runs.
+    let sound = verify();
+    assert!(
+        sound.status.success(),
+        "{}",
+        String::from_utf8_lossy(&sound.stderr)
+    );
+    let report: serde_json::Value = serde_json::from_slice(&sound.stdout).expect("JSON report");
+    assert_eq!(report["problems"], json!([]));
+    assert_eq!(
+        (report["records"].clone(), report["digests_checked"].clone()),
+        (json!(20), json!(1))
+    );
+    drop(server);
+    db.execute("UPDATE records SET seq = seq + 100 WHERE record_id = 'n3'")
+        .await;
+    db.execute("UPDATE collection_digests SET lo = lo + 1 WHERE collection = 'notes'")
+        .await;
+    let damaged = verify();
+    assert!(!damaged.status.success(), "a broken invariant fails the command");
+    let report: serde_json::Value = serde_json::from_slice(&damaged.stdout).expect("JSON report");
+    let problems = report["problems"].as_array().expect("problems");
+    assert_eq!(problems.len(), 2, "{report}");
+    assert!(
+        problems[0]
+            .as_str()
+            .expect("text")
+            .contains("above their user's feed head")
+    );
+    assert!(problems[1].as_str().expect("text").contains("digests differ"));
+    let mut text = nextsync(&db.data_dir());
+    text.arg("admin").args(store_args(&db)).arg("verify");
+    let out = run(text, None);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("PROBLEM: 1 records above their user's feed head"));
+}
 
 async fn admin_commands_act_on_the_running_servers_store(db: TestDb) {
     let mut cmd = nextsync(&db.data_dir());

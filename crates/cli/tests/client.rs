@@ -484,6 +484,14 @@ async fn the_trash_and_a_restore_to_a_moment_from_the_command_line() {
     let emptied = run(laptop.path(), &["trash", "empty", "--yes"], None);
     assert!(emptied.status.success());
     assert!(String::from_utf8_lossy(&emptied.stderr).contains("1 record deleted for good"));
+    // The replica checks out against the server's digests.
+    let health = json_of(&ok(laptop.path(), &["verify", "--json"], None));
+    assert_eq!(health["ok"], true, "{health}");
+    let text = ok(laptop.path(), &["verify"], None);
+    assert!(
+        text.contains("sessions\t1 records here, 1 on the server\tok"),
+        "{text}"
+    );
     let bad = run(laptop.path(), &["restore", "--at", "yesterday-ish"], None);
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("neither an RFC 3339 time nor a duration"));

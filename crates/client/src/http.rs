@@ -2,6 +2,7 @@
 //! an [`Error`] that says whether to retry ([`Error::is_transient`]).
 
 use crate::error::Error;
+use nextsync_core::api::{BucketDigests, BucketRecords, DigestResponse};
 use nextsync_core::api::{
     ConflictList, ErrorBody, LoginRequest, MergeSummary, PullResponse, PushRequest, PushResponse,
     RecentResponse, RecordView, RefreshRequest, ResolveRequest, Secret, TokenResponse,
@@ -242,6 +243,41 @@ impl Http {
 }
 
 impl Http {
+    // ---- sync health ----
+
+    pub async fn digest(&self, token: &Secret) -> Result<DigestResponse, Error> {
+        self.call::<(), _>(Method::GET, "/v1/sync/digest", Some(token), None, REQUEST_TIMEOUT)
+            .await
+    }
+
+    pub async fn bucket_digests(
+        &self,
+        token: &Secret,
+        collection: &str,
+        buckets: u32,
+    ) -> Result<BucketDigests, Error> {
+        let path = format!("/v1/sync/digest/{}?buckets={buckets}", encode_segment(collection));
+        self.call::<(), _>(Method::GET, &path, Some(token), None, REQUEST_TIMEOUT)
+            .await
+    }
+
+    pub async fn bucket_records(
+        &self,
+        token: &Secret,
+        collection: &str,
+        buckets: u32,
+        wanted: &[u32],
+    ) -> Result<BucketRecords, Error> {
+        let list: Vec<String> = wanted.iter().map(u32::to_string).collect();
+        let path = format!(
+            "/v1/sync/digest/{}/records?buckets={buckets}&bucket={}",
+            encode_segment(collection),
+            list.join(",")
+        );
+        self.call::<(), _>(Method::GET, &path, Some(token), None, REQUEST_TIMEOUT)
+            .await
+    }
+
     // ---- the trash and point-in-time restore ----
 
     pub async fn trash(

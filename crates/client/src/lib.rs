@@ -10,6 +10,7 @@
 //! - [`drafts`]: records being written, shown live on the other devices, never stored.
 //! - [`crypto`]: optional end-to-end encryption of field values (format: docs/E2EE.md).
 //! - [`nextchat`]: typed helpers for NextChat's collections.
+//! - [`verify`]: checking the replica against the server's digests, repairing what differs.
 //! - [`trash`]: the account's trash and point-in-time restore (on the server).
 //!
 //! ```no_run
@@ -38,12 +39,14 @@ pub mod live;
 pub mod nextchat;
 pub mod replica;
 pub mod trash;
+pub mod verify;
 
 pub use crypto::KdfParams;
 pub use drafts::Draft;
 pub use error::Error;
 pub use live::{Connection, Live};
 pub use replica::{Change, Order, Origin, Query, Record, Rejected};
+pub use verify::{CollectionHealth, Health, Repaired};
 
 use crypto::{DataKey, KEYRING_ID, KEYS_COLLECTION};
 use http::Http;

@@ -20,6 +20,7 @@
 use crate::error::Error;
 use nextsync_core::api::{ConflictView, MutationIn, MutationResult, OpName, RecordView};
 use nextsync_core::cursor::Cursor;
+use nextsync_core::digest::{Digest, bucket_of, record_hash};
 use nextsync_core::e2ee::KEYS_COLLECTION;
 use nextsync_core::hlc::{Hlc, HlcClock};
 use nextsync_core::ids::Seq;
@@ -527,6 +528,87 @@ impl Replica {
         Ok(())
     }
 
+    // ---- sync health (see `crate::verify`) ----
+
+    /// Per collection, the digest and live count of the base: the server's state as pulled.
+    pub fn base_digests(&self) -> Result<BTreeMap<String, (Digest, u64)>, Error> {
+        let conn = self.lock();
+        let mut stmt = conn.prepare("SELECT collection, id, fields, tombstone FROM base WHERE stale = 0")?;
+        let mut rows = stmt.query([])?;
+        let mut out: BTreeMap<String, (Digest, u64)> = BTreeMap::new();
+        while let Some(row) = rows.next()? {
+            let collection: String = row.get(0)?;
+            let hash = base_hash(
+                &collection,
+                &row.get::<_, String>(1)?,
+                &row.get::<_, String>(2)?,
+                row.get(3)?,
+            )?;
+            if hash != 0 {
+                let entry = out.entry(collection).or_default();
+                entry.0.toggle(hash);
+                entry.1 += 1;
+            }
+        }
+        Ok(out)
+    }
+
+    /// One collection's base split into `buckets` (see `nextsync_core::digest::bucket_of`),
+    /// and each base row's hash by id.
+    pub fn base_buckets(
+        &self,
+        collection: &str,
+        buckets: u32,
+    ) -> Result<(Vec<Digest>, BTreeMap<String, u128>), Error> {
+        let conn = self.lock();
+        let mut stmt =
+            conn.prepare("SELECT id, fields, tombstone FROM base WHERE collection = ?1 AND stale = 0")?;
+        let mut rows = stmt.query([collection])?;
+        let mut digests = vec![Digest::EMPTY; buckets.max(1) as usize];
+        let mut hashes = BTreeMap::new();
+        while let Some(row) = rows.next()? {
+            let id: String = row.get(0)?;
+            let hash = base_hash(collection, &id, &row.get::<_, String>(1)?, row.get(2)?)?;
+            digests[bucket_of(collection, &id, buckets) as usize].toggle(hash);
+            hashes.insert(id, hash);
+        }
+        Ok((digests, hashes))
+    }
+
+    /// Marks base rows so that the next page holding them replaces them whatever their seq
+    /// (a repair trusts the server's copy).
+    pub fn mark_stale(&self, keys: &[(String, String)]) -> Result<(), Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        {
+            let mut stmt =
+                tx.prepare_cached("UPDATE base SET stale = 1 WHERE collection = ?1 AND id = ?2")?;
+            for (collection, id) in keys {
+                stmt.execute([collection, id])?;
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    /// Drops base rows the server does not have at all, and shows what remains of them (the
+    /// device's own unsent writes, or nothing).
+    pub fn forget(&self, keys: &[(String, String)]) -> Result<Vec<Change>, Error> {
+        let mut conn = self.lock();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let mut touched = BTreeSet::new();
+        {
+            let mut stmt = tx.prepare_cached("DELETE FROM base WHERE collection = ?1 AND id = ?2")?;
+            for (collection, id) in keys {
+                stmt.execute([collection, id])?;
+                touched.insert((collection.clone(), id.clone()));
+            }
+        }
+        let changes = settle(&tx, touched)?;
+        tx.commit()?;
+        Ok(changes)
+    }
+
     /// True when a write waits to be sent (cheap: the live loop asks every few seconds).
     pub fn has_unsent(&self) -> Result<bool, Error> {
         let conn = self.lock();
@@ -709,6 +791,20 @@ fn base_fields(view: &RecordView) -> Result<(String, Option<Hlc>), Error> {
         out.insert(name.as_str(), Stored { v: value, h: stamp });
     }
     Ok((serde_json::to_string(&out)?, newest))
+}
+
+/// The digest hash of a base row (0 when it is a deletion): what the server's digest counts
+/// for the same record, from the stamps the base keeps.
+fn base_hash(collection: &str, id: &str, fields: &str, tombstone: Option<String>) -> Result<u128, Error> {
+    let parsed: Map<String, Value> = serde_json::from_str(fields)?;
+    if parsed.is_empty() && tombstone.is_some() {
+        return Ok(0);
+    }
+    let stamps: Vec<(&str, &str)> = parsed
+        .iter()
+        .map(|(name, entry)| (name.as_str(), entry["h"].as_str().unwrap_or_default()))
+        .collect();
+    Ok(record_hash(collection, id, stamps, tombstone.as_deref()))
 }
 
 fn decode_base(fields: &str, tombstone: Option<&str>) -> Result<Crdt, Error> {

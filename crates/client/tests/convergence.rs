@@ -220,6 +220,12 @@ async fn replicas_converge_under_random_offline_schedules_and_skewed_clocks() {
                 expected,
                 "seed {seed}: client {c} differs from the server"
             );
+            // The digests say the same, stamps included (every 10th schedule: it reads the
+            // whole account).
+            if seed.is_multiple_of(10) {
+                let health = client.verify(false).await.expect("verify");
+                assert!(health.ok, "seed {seed}: client {c}: {health:?}");
+            }
         }
         // Nothing typed vanished without a trace.
         let (status, listed) = api.get("/v1/conflicts", Some(&owner.access)).await;
@@ -261,6 +267,9 @@ async fn replicas_converge_under_random_offline_schedules_and_skewed_clocks() {
         "{} schedules, {writes} writes, {conflicts} conflict sides: every replica equal to the server, nothing lost silently",
         seeds.len()
     );
+    // What `nextsync admin verify` checks, after all of that.
+    let report = server.state.store.check().await.expect("check");
+    assert!(report.problems.is_empty(), "{:?}", report.problems);
     assert!(
         writes > seeds.len() as u64 * STEPS / 3,
         "the schedules wrote too little to mean anything"

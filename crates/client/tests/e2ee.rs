@@ -275,6 +275,24 @@ async fn drafts_reach_the_other_device_and_the_server_relays_only_ciphertext() {
     let on_the_wire = relayed["fields"]["content"].as_str().expect("a string");
     assert!(on_the_wire.starts_with("nse1:"), "{on_the_wire}");
     assert!(!relayed.to_string().contains(marker));
+    // The replica holds plaintext, the server ciphertext: digests hash stamps, so they agree.
+    laptop
+        .put(
+            "messages",
+            "m2",
+            fields(json!({"content": "sealed on the server"})),
+        )
+        .await
+        .expect("put");
+    laptop.sync().await.expect("sync");
+    let health = phone.verify(false).await.expect("verify");
+    assert!(health.ok, "{health:?}");
+    assert!(
+        health
+            .collections
+            .iter()
+            .any(|c| c.collection == "messages" && c.server_records == 1)
+    );
     laptop_live.stop().await;
     phone_live.stop().await;
 }

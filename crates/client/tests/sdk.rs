@@ -626,3 +626,96 @@ async fn the_access_token_is_renewed_on_the_open_socket_before_it_expires() {
     );
     live.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_finds_a_damaged_replica_and_repair_fetches_only_what_differs() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    Api::new(&server).register("health@example.org").await;
+    let laptop = Device::login(&server.base_url, "health@example.org", "laptop").await;
+    let phone = Device::login(&server.base_url, "health@example.org", "phone").await;
+    for i in 0..40 {
+        laptop
+            .client
+            .put(
+                "sessions",
+                &format!("s{i}"),
+                fields(json!({"title": format!("Trip {i}")})),
+            )
+            .await
+            .expect("put");
+    }
+    laptop
+        .client
+        .put("messages", "m1", fields(json!({"content": "hello"})))
+        .await
+        .expect("put");
+    laptop.client.delete("sessions", "s39").await.expect("delete");
+    laptop.client.sync().await.expect("sync");
+    let healthy = phone.client.verify(false).await.expect("verify");
+    assert!(healthy.ok, "{healthy:?}");
+    assert_eq!(healthy.collections.len(), 2);
+    assert_eq!(healthy.collections[1].server_records, 39);
+
+    // Damage behind the SDK's back: a record gone, one with an old version, one the server
+    // never had.
+    let path = phone._dir.path().join("replica.sqlite3");
+    let damage = rusqlite::Connection::open(&path).expect("open replica");
+    damage
+        .execute_batch(
+            "DELETE FROM base WHERE collection = 'sessions' AND id = 's1';
+             UPDATE base SET fields = '{\"title\":{\"v\":\"wrong\",\"h\":\"000000000000001-00000-evil\"}}'
+               WHERE collection = 'sessions' AND id = 's2';
+             UPDATE records SET fields = '{\"title\":\"wrong\"}' WHERE collection = 'sessions' AND id = 's2';
+             INSERT INTO base (collection, id, fields, tombstone, seq, stale)
+               VALUES ('messages', 'ghost', '{\"content\":{\"v\":\"boo\",\"h\":\"000000000000001-00000-evil\"}}', NULL, 1, 0);",
+        )
+        .expect("damage");
+    drop(damage);
+    let found = phone.client.verify(false).await.expect("verify");
+    assert!(!found.ok);
+    assert!(found.repaired.is_empty(), "a check alone repairs nothing");
+    let differing: Vec<&str> = found
+        .collections
+        .iter()
+        .filter(|c| !c.matches)
+        .map(|c| c.collection.as_str())
+        .collect();
+    assert_eq!(differing, ["messages", "sessions"]);
+    assert_eq!(found.collections[1].local_records, 38);
+
+    let mut changes = phone.client.subscribe();
+    let fixed = phone.client.verify(true).await.expect("repair");
+    assert!(fixed.ok, "{fixed:?}");
+    let mut repaired: Vec<String> = fixed
+        .repaired
+        .iter()
+        .map(|r| format!("{}/{} {}", r.collection, r.id, r.action))
+        .collect();
+    repaired.sort();
+    assert_eq!(
+        repaired,
+        [
+            "messages/ghost dropped",
+            "sessions/s1 replaced",
+            "sessions/s2 replaced"
+        ]
+    );
+    assert_eq!(title(&phone.client, "s2").await, Some(json!("Trip 2")));
+    assert_eq!(title(&phone.client, "s1").await, Some(json!("Trip 1")));
+    assert!(
+        phone
+            .client
+            .get("messages", "ghost")
+            .await
+            .expect("get")
+            .is_none()
+    );
+    assert!(
+        change_of(&mut changes, "s2", Duration::from_secs(2))
+            .await
+            .is_some(),
+        "subscribers hear the repair"
+    );
+    assert!(phone.client.verify(false).await.expect("verify").ok);
+}

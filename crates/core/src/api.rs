@@ -460,6 +460,47 @@ pub struct RestoreResponse {
     pub earliest: Timestamp,
 }
 
+// ---- sync health ----
+
+/// `GET /v1/sync/digest`: the account's digests per collection, as of `cursor`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct DigestResponse {
+    /// The feed position the digests hold at: a replica pulled to exactly here must match.
+    pub cursor: String,
+    /// Collections with live records (an absent one has none).
+    pub collections: Vec<CollectionDigest>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct CollectionDigest {
+    pub collection: String,
+    /// XOR of the live records' hashes (crates/core/src/digest.rs).
+    pub digest: crate::digest::Digest,
+    /// Live records.
+    pub records: u64,
+}
+
+/// `GET /v1/sync/digest/{collection}?buckets=N`: the collection split by a hash of the id.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BucketDigests {
+    pub collection: String,
+    pub cursor: String,
+    /// One per bucket, in bucket order.
+    pub buckets: Vec<crate::digest::Digest>,
+}
+
+/// `GET /v1/sync/digest/{collection}/records?buckets=N&bucket=i,j`: every record of those
+/// buckets, deleted ones included, as the feed would show them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct BucketRecords {
+    pub cursor: String,
+    pub records: Vec<RecordView>,
+}
+
 // ---- the WebSocket feed (`GET /v1/sync/ws`): JSON text frames tagged by `type` ----
 
 /// Protocol version announced in `welcome`.

@@ -9,6 +9,7 @@
 //! - [`sync`]: applying one write to a stored record: seqs and conflicts.
 //! - [`history`]: undo entries of each visible change: the trash and point-in-time restore.
 //! - [`cursor`]: the opaque feed cursor with its epoch.
+//! - [`digest`]: order-independent digests of records, for verifying replicas.
 //! - [`e2ee`]: the reserved keyring record of end-to-end encrypted accounts.
 //! - [`push`]: validating a push and planning it (seqs, duplicates, preconditions).
 //! - [`nextchat`]: NextChat's synced state taken apart into records and rendered back.
@@ -17,6 +18,7 @@
 pub mod account;
 pub mod api;
 pub mod cursor;
+pub mod digest;
 pub mod e2ee;
 pub mod history;
 pub mod hlc;

@@ -7,7 +7,7 @@
 //! - [`account`]: `/v1/me`, devices, app passwords.
 //! - [`sync`]: the one write path (`sync::apply`), push, pull, conflicts, records API;
 //!   [`bus`]: "user U is at seq N" notices after every commit; [`ws`]: the WebSocket feed.
-//! - [`history`]: the trash and point-in-time restore.
+//! - [`history`]: the trash and point-in-time restore; [`health`]: digests for verifying replicas.
 //! - [`nextchat`]: the NextChat doors (WebDAV, Upstash), settings, snapshots, export/import.
 //! - [`ops`]: health, readiness, metrics, OpenAPI; [`metrics`]: the Prometheus recorder.
 //! - [`mail`]: the log and SMTP mailers; [`secrets`]: keys generated into the data dir.
@@ -22,6 +22,7 @@ pub mod config;
 pub mod edge;
 pub mod error;
 pub mod extract;
+pub mod health;
 pub mod history;
 pub mod mail;
 pub mod metrics;

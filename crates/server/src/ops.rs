@@ -6,7 +6,7 @@ use crate::config::Registration;
 use crate::error::ApiError;
 use crate::extract::Json;
 use crate::state::AppState;
-use crate::{account, auth, history, metrics, nextchat, sync};
+use crate::{account, auth, health, history, metrics, nextchat, sync};
 use axum::Router;
 use axum::extract::State;
 use axum::routing::get;
@@ -82,6 +82,9 @@ async fn openapi_json() -> Json<utoipa::openapi::OpenApi> {
         sync::push_changes,
         sync::pull_changes,
         sync::recent_first,
+        health::digests,
+        health::bucket_digests,
+        health::bucket_records,
         sync::list_conflicts,
         sync::resolve_conflict,
         sync::get_record,

@@ -2,7 +2,7 @@
 
 use crate::error::ApiError;
 use crate::state::AppState;
-use crate::{account, auth, edge, history, metrics, nextchat, ops, sync, web, ws};
+use crate::{account, auth, edge, health, history, metrics, nextchat, ops, sync, web, ws};
 use axum::Router;
 use axum::extract::DefaultBodyLimit;
 use axum::extract::Request;
@@ -37,6 +37,7 @@ pub fn app(state: AppState) -> Router {
         .merge(account::router())
         .merge(sync::router())
         .merge(history::router())
+        .merge(health::router())
         .merge(nextchat::router())
         .merge(ws::router())
         .merge(ops::router())

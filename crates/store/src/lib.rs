@@ -3,6 +3,7 @@
 //!
 //! - [`accounts`]: users, devices, refresh-token families, password resets, app passwords.
 //! - [`sync`]: records, the per-user change feed, mutation ids, conflicts; the one write path.
+//! - [`health`]: digests for verifying replicas, and the store's own invariant check.
 //! - [`history`]: the trash and point-in-time restore, read from each record's undo entries.
 //! - [`nextchat`]: what the NextChat doors keep besides records (settings, versions,
 //!   secrets, snapshots, staged Upstash chunks).
@@ -15,6 +16,7 @@
 
 pub mod accounts;
 pub mod error;
+pub mod health;
 pub mod history;
 pub mod nextchat;
 pub mod postgres;
@@ -23,6 +25,7 @@ pub mod sync;
 
 pub use accounts::AccountStore;
 pub use error::StoreError;
+pub use health::HealthStore;
 pub use history::HistoryStore;
 pub use nextchat::NextChatStore;
 pub use postgres::PgStore;
@@ -36,7 +39,15 @@ use std::sync::Arc;
 /// Everything the server needs from persistence.
 #[async_trait]
 pub trait Store:
-    AccountStore + SyncStore + HistoryStore + NextChatStore + std::fmt::Debug + Send + Sync + 'static
+    AccountStore
+    + SyncStore
+    + HistoryStore
+    + HealthStore
+    + NextChatStore
+    + std::fmt::Debug
+    + Send
+    + Sync
+    + 'static
 {
     /// Cheap round trip that proves the database answers (`/readyz`).
     async fn ping(&self) -> Result<(), StoreError>;

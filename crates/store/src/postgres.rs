@@ -69,6 +69,11 @@ fn migrator() -> Migrator {
             "history",
             include_str!("../migrations/postgres/0009_history.sql"),
         ),
+        migration(
+            10,
+            "digests",
+            include_str!("../migrations/postgres/0010_digests.sql"),
+        ),
     ])
 }
 
@@ -157,6 +162,15 @@ mod shared_sync {
     );
 }
 
+mod health {
+    crate::health::impl_health_store!(
+        super::PgStore,
+        sqlx::postgres::PgRow,
+        " FOR UPDATE",
+        "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY"
+    );
+}
+
 mod history {
     crate::history::impl_history_store!(super::PgStore, sqlx::postgres::PgRow, " FOR UPDATE");
 }
@@ -206,8 +220,8 @@ const LOAD_RECORDS: &str = "SELECT r.collection, r.record_id, r.fields, r.tombst
      CROSS JOIN LATERAL (SELECT collection, record_id, fields, tombstone, tombstone_seq, seq FROM records \
      WHERE user_id = $1 AND collection = k.collection AND record_id = k.record_id LIMIT 1) AS r";
 /// An apply's writes in one statement (one round trip): the changed records, the applied
-/// mutation ids, their history entries (whose batch is the new head), and the head when it
-/// moved (`$11` NULL when it did not; then there are no history entries either). Data-modifying
+/// mutation ids, their history entries (whose batch is the new head), the collections'
+/// digests (for users who have them), and the head when it moved (`$11` NULL when it did not; then there are no history entries either). Data-modifying
 /// CTEs all run, on tables no other part of the statement reads.
 const WRITE_PLAN: &str = "WITH stored AS (\
      INSERT INTO records (user_id, collection, record_id, fields, tombstone, tombstone_seq, seq) \
@@ -223,6 +237,12 @@ const WRITE_PLAN: &str = "WITH stored AS (\
      AS h (c, r, s, k, u) \
      ON CONFLICT (user_id, collection, record_id, seq) DO UPDATE SET \
      batch = excluded.batch, at = excluded.at, kind = excluded.kind, undo = excluded.undo\
+     ), digests AS (\
+     INSERT INTO collection_digests (user_id, collection, lo, hi, records) \
+     SELECT $1, c, l, h, n FROM UNNEST($17::text[], $18::int8[], $19::int8[], $20::int8[]) AS d (c, l, h, n) \
+     WHERE EXISTS (SELECT 1 FROM collection_digests WHERE user_id = $1 AND collection = '') \
+     ON CONFLICT (user_id, collection) DO UPDATE SET lo = collection_digests.lo # excluded.lo, \
+     hi = collection_digests.hi # excluded.hi, records = collection_digests.records + excluded.records\
      ) UPDATE feed_heads SET seq = $11 WHERE user_id = $1 AND $11::int8 IS NOT NULL";
 
 #[async_trait]
@@ -314,6 +334,10 @@ impl SyncTx for PgTx {
             .bind(history.iter().map(|h| h.seq.0 as i64).collect::<Vec<_>>())
             .bind(history.iter().map(|h| h.kind.code()).collect::<Vec<_>>())
             .bind(history.iter().map(|h| h.undo.as_str()).collect::<Vec<_>>())
+            .bind(writes.digests.iter().map(|d| d.collection).collect::<Vec<_>>())
+            .bind(writes.digests.iter().map(|d| d.lo).collect::<Vec<_>>())
+            .bind(writes.digests.iter().map(|d| d.hi).collect::<Vec<_>>())
+            .bind(writes.digests.iter().map(|d| d.records).collect::<Vec<_>>())
             .execute(&mut *self.0)
             .await?;
         Ok(())

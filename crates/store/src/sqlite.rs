@@ -81,6 +81,11 @@ fn migrator() -> Migrator {
             "history",
             include_str!("../migrations/sqlite/0009_history.sql"),
         ),
+        migration(
+            10,
+            "digests",
+            include_str!("../migrations/sqlite/0010_digests.sql"),
+        ),
     ])
 }
 
@@ -199,6 +204,10 @@ mod shared_sync {
         super::SqliteStore,
         sqlx::sqlite::SqliteRow
     );
+}
+
+mod health {
+    crate::health::impl_health_store!(super::SqliteStore, sqlx::sqlite::SqliteRow, "", "BEGIN");
 }
 
 mod history {
@@ -374,6 +383,16 @@ impl SyncTx for SqliteTx {
                 }
                 query.execute(&mut *self.0).await?;
             }
+        }
+        for d in writes.digests {
+            sqlx::query(crate::sync::SQLITE_MOVE_DIGEST)
+                .bind(user.as_uuid())
+                .bind(d.collection)
+                .bind(d.lo)
+                .bind(d.hi)
+                .bind(d.records)
+                .execute(&mut *self.0)
+                .await?;
         }
         for chunk in writes.applied.chunks(INSERT_CHUNK) {
             let mut query = sqlx::query(sqlx::AssertSqlSafe(remember_mutations_sql(chunk.len())));

@@ -15,6 +15,7 @@
 use crate::StoreError;
 use async_trait::async_trait;
 use nextsync_core::api::MutationResult;
+use nextsync_core::digest::{Digest, stored_hash};
 use nextsync_core::history::{ChangeKind, Undo};
 use nextsync_core::hlc::HlcError;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
@@ -156,6 +157,9 @@ pub(crate) struct PlanWrites<'a> {
     pub records: &'a [(RecordKey, StoredRecord)],
     /// An undo entry for each record whose visible state changed; their batch is `head`.
     pub history: &'a [HistoryWrite<'a>],
+    /// What the apply changed in each collection's digest (stored only for users whose
+    /// digests exist; see `crate::health`).
+    pub digests: &'a [DigestDelta<'a>],
     /// The device's mutation ids applied, each with the seq it was answered with.
     pub applied: &'a [(String, Seq)],
     pub now: Timestamp,
@@ -171,6 +175,15 @@ pub(crate) struct HistoryWrite<'a> {
     pub kind: ChangeKind,
     /// [`Undo::encode_body`].
     pub undo: String,
+}
+
+/// A change to one collection's digest: XOR `lo`/`hi` in, add `records`.
+#[derive(Debug, Clone)]
+pub(crate) struct DigestDelta<'a> {
+    pub collection: &'a str,
+    pub lo: i64,
+    pub hi: i64,
+    pub records: i64,
 }
 
 impl PlanWrites<'_> {
@@ -204,10 +217,15 @@ pub(crate) async fn run_apply<T: SyncTx>(
     keys.sort();
     keys.dedup();
     let mut records = tx.load_records(user, &keys).await?;
-    // What readers saw before: each visible change leaves an undo entry in the history.
+    // What readers saw before: each visible change leaves an undo entry in the history, and
+    // moves its collection's digest by the old hash and the new.
     let mut before: HashMap<RecordKey, Map<String, Value>> = records
         .iter()
         .filter_map(|(key, record)| Some((key.clone(), record.visible_state()?)))
+        .collect();
+    let hashed_before: HashMap<RecordKey, u128> = records
+        .iter()
+        .map(|(key, record)| (key.clone(), stored_hash(&key.collection, &key.id, record)))
         .collect();
     let now_ms = u64::try_from(now.as_millis()).unwrap_or(0);
     let plan = plan(head, mutations, &mut records, &seen, now_ms, SERVER_NODE).map_err(|e| match e {
@@ -243,9 +261,32 @@ pub(crate) async fn run_apply<T: SyncTx>(
             })
         })
         .collect();
+    let mut moved: std::collections::BTreeMap<&str, (Digest, i64)> = std::collections::BTreeMap::new();
+    for (key, record) in &plan.changed {
+        let old = hashed_before.get(key).copied().unwrap_or(0);
+        let new = stored_hash(&key.collection, &key.id, record);
+        if old != new {
+            let entry = moved.entry(key.collection.as_str()).or_default();
+            entry.0.toggle(old ^ new);
+            entry.1 += i64::from(new != 0) - i64::from(old != 0);
+        }
+    }
+    let digests: Vec<DigestDelta<'_>> = moved
+        .into_iter()
+        .map(|(collection, (digest, records))| {
+            let (lo, hi) = digest.to_halves();
+            DigestDelta {
+                collection,
+                lo,
+                hi,
+                records,
+            }
+        })
+        .collect();
     let writes = PlanWrites {
         records: &plan.changed,
         history: &history,
+        digests: &digests,
         applied: &plan.applied,
         now,
         head: (plan.head != head).then_some(plan.head),
@@ -268,6 +309,14 @@ pub(crate) const INSERT_HISTORY_COLUMNS: &str =
     "INSERT INTO record_history (user_id, collection, record_id, seq, batch, at, kind, undo) VALUES ";
 pub(crate) const ON_HISTORY_CONFLICT: &str = " ON CONFLICT (user_id, collection, record_id, seq) DO UPDATE SET \
      batch = excluded.batch, at = excluded.at, kind = excluded.kind, undo = excluded.undo";
+/// SQLite's digest update (`$1` user, `$2` collection, `$3`/`$4` halves, `$5` records):
+/// only for users whose digests exist (the `''` marker row). SQLite has no XOR operator:
+/// `a ^ b` is `(a | b) & ~(a & b)`.
+pub(crate) const SQLITE_MOVE_DIGEST: &str = "INSERT INTO collection_digests (user_id, collection, lo, hi, records) \
+     SELECT $1, $2, $3, $4, $5 WHERE EXISTS \
+     (SELECT 1 FROM collection_digests WHERE user_id = $1 AND collection = '') \
+     ON CONFLICT (user_id, collection) DO UPDATE SET lo = (lo | excluded.lo) & ~(lo & excluded.lo), \
+     hi = (hi | excluded.hi) & ~(hi & excluded.hi), records = records + excluded.records";
 pub(crate) const SET_HEAD: &str = "UPDATE feed_heads SET seq = $2 WHERE user_id = $1";
 pub(crate) const SELECT_HEAD: &str = "SELECT seq, epoch FROM feed_heads WHERE user_id = $1";
 pub(crate) const MARK_RESOLVED: &str =

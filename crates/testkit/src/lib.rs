@@ -302,6 +302,30 @@ impl TestDb {
 }
 
 impl TestDb {
+    /// Runs raw SQL on the test database, behind the store's back (tests plant corruption
+    /// with it, to show a check finds it). Returns the rows changed.
+    pub async fn execute(&self, sql: &str) -> u64 {
+        let sql = sqlx::AssertSqlSafe(sql.to_owned());
+        match &self.pg {
+            None => {
+                let url = format!("sqlite://{}", self.config().sqlite_path().display());
+                let mut conn = sqlx::SqliteConnection::connect(&url).await.expect("open sqlite");
+                sqlx::query(sql)
+                    .execute(&mut conn)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+            Some(pg) => {
+                let mut conn = sqlx::PgConnection::connect(&pg.url).await.expect("connect");
+                sqlx::query(sql)
+                    .execute(&mut conn)
+                    .await
+                    .map(|r| r.rows_affected())
+            }
+        }
+        .unwrap_or_else(|e| panic!("raw SQL failed: {e}"))
+    }
+
     /// The database's files on disk that contain `needle`: on SQLite every file in the data
     /// dir (the database, its WAL); on PostgreSQL, after a checkpoint, every table, index and
     /// TOAST file of this test's schema and the newest WAL segments, read through

@@ -14,7 +14,7 @@
 
 use crate::StoreError;
 use crate::sync::{Applied, ApplyError, Conflict, PlanWrites, SyncTx, encode_side, run_apply};
-use crate::sync::{INSERT_CONFLICT, MARK_RESOLVED, SELECT_HEAD, SELECT_RECORD, SET_HEAD};
+use crate::sync::{INSERT_CONFLICT, MARK_RESOLVED, SELECT_HEAD, SELECT_RECORD, SET_HEAD, SQLITE_MOVE_DIGEST};
 use async_trait::async_trait;
 use nextsync_core::ids::{ConflictId, Seq, UserId};
 use nextsync_core::push::{Mutation, RecordKey};
@@ -289,6 +289,16 @@ impl SyncTx for WriterTx<'_> {
                     h.undo,
                 ])?;
             }
+        }
+        let mut digest = self.0.prepare_cached(SQLITE_MOVE_DIGEST)?;
+        for d in writes.digests {
+            digest.execute(named_params! {
+                "$1": user,
+                "$2": d.collection,
+                "$3": d.lo,
+                "$4": d.hi,
+                "$5": d.records,
+            })?;
         }
         let mut remember = self.0.prepare_cached(REMEMBER_MUTATION)?;
         for (id, seq) in writes.applied {

@@ -1,0 +1,201 @@
+//! Sync health: checking the replica against the server, and repairing only what differs.
+//!
+//! The server keeps a digest per collection (`nextsync_core::digest`); the replica computes
+//! the same over its base (the server's state as it pulled it) at the same feed position.
+//! Where a collection differs, both split it into buckets by id and compare those; only the
+//! records of differing buckets are fetched again (deleted ones included) and replace the
+//! base, and base rows the server does not have at all are dropped. The device's unsent
+//! writes are untouched: they sit on top of the base and are still sent.
+
+use crate::Client;
+use crate::error::Error;
+use nextsync_core::api::DigestResponse;
+use nextsync_core::cursor::Cursor;
+use nextsync_core::digest::{Digest, buckets_for, view_hash};
+use serde::Serialize;
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Buckets asked for in one records request.
+const BUCKETS_PER_REQUEST: usize = 256;
+/// Times the check reads the digests again when the feed moved while it pulled.
+const ATTEMPTS: usize = 5;
+
+/// What a check found (and, with repair, fixed).
+#[derive(Debug, Clone, Serialize)]
+pub struct Health {
+    /// The feed position both sides were compared at.
+    pub cursor: String,
+    pub collections: Vec<CollectionHealth>,
+    /// Records whose copy here was replaced or dropped.
+    pub repaired: Vec<Repaired>,
+    /// Every collection matches (after the repair, when asked for).
+    pub ok: bool,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CollectionHealth {
+    pub collection: String,
+    pub server_records: u64,
+    pub local_records: u64,
+    pub matches: bool,
+    /// Buckets that differed (0 when the collection matched).
+    pub differing_buckets: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Repaired {
+    pub collection: String,
+    pub id: String,
+    /// `replaced`: the server's copy replaced this one (or filled a gap); `dropped`: the
+    /// server has no such record.
+    pub action: &'static str,
+}
+
+impl Client {
+    /// Checks the replica against the server's digests; with `repair`, fixes what differs.
+    /// Needs the server. The answer says what matched and what was fixed.
+    pub async fn verify(&self, repair: bool) -> Result<Health, Error> {
+        let server = self.digests_at_our_cursor().await?;
+        let local = self.local(|r| r.base_digests()).await?;
+        let names: BTreeSet<&String> = server
+            .collections
+            .iter()
+            .map(|c| &c.collection)
+            .chain(local.keys())
+            .collect();
+        let mut collections = Vec::new();
+        let mut repaired = Vec::new();
+        for name in names {
+            let theirs = server
+                .collections
+                .iter()
+                .find(|c| &c.collection == name)
+                .map_or((Digest::EMPTY, 0), |c| (c.digest, c.records));
+            let ours = local.get(name).copied().unwrap_or((Digest::EMPTY, 0));
+            let mut health = CollectionHealth {
+                collection: name.clone(),
+                server_records: theirs.1,
+                local_records: ours.1,
+                matches: theirs == ours,
+                differing_buckets: 0,
+            };
+            if !health.matches {
+                let (buckets, fixed) = self.narrow_down(name, theirs.1.max(ours.1), repair).await?;
+                health.differing_buckets = buckets;
+                repaired.extend(fixed);
+            }
+            collections.push(health);
+        }
+        let mut ok = collections.iter().all(|c| c.matches);
+        if repair && !ok {
+            // Whatever the feed brought meanwhile, the repaired collections must match now.
+            let after = self.local(|r| r.base_digests()).await?;
+            let again = self.digests_at_our_cursor().await?;
+            ok = again
+                .collections
+                .iter()
+                .all(|c| after.get(&c.collection).copied() == Some((c.digest, c.records)))
+                && after
+                    .keys()
+                    .all(|name| again.collections.iter().any(|c| &c.collection == name));
+        }
+        Ok(Health {
+            cursor: server.cursor,
+            collections,
+            repaired,
+            ok,
+        })
+    }
+
+    /// Pulls to the head and reads the server's digests; again while the feed moved between
+    /// the two, so both sides are compared at one position.
+    async fn digests_at_our_cursor(&self) -> Result<DigestResponse, Error> {
+        for _ in 0..ATTEMPTS {
+            self.pull_to_head().await?;
+            let server = self
+                .authed(|http, token| async move { http.digest(&token).await })
+                .await?;
+            let ours = self.local(|r| r.cursor()).await?;
+            let at = |text: Option<&str>| text.and_then(Cursor::decode).map(|c| (c.epoch, c.seq));
+            let theirs = at(Some(&server.cursor));
+            let same = match at(ours.as_deref()) {
+                Some(ours) => Some(ours) == theirs,
+                // Nothing pulled yet: only an empty feed matches.
+                None => theirs.is_some_and(|(_, seq)| seq.0 == 0),
+            };
+            if same {
+                return Ok(server);
+            }
+        }
+        Err(Error::Protocol(
+            "the account kept changing while it was checked; try again".into(),
+        ))
+    }
+
+    /// Compares one collection bucket by bucket; with `repair`, replaces the records of the
+    /// differing buckets with the server's. Returns the differing buckets and the repairs.
+    async fn narrow_down(
+        &self,
+        collection: &str,
+        records: u64,
+        repair: bool,
+    ) -> Result<(usize, Vec<Repaired>), Error> {
+        let n = buckets_for(records);
+        let theirs = self
+            .authed(|http, token| async move { http.bucket_digests(&token, collection, n).await })
+            .await?;
+        let name = collection.to_owned();
+        let (ours, hashes) = self.local(move |r| r.base_buckets(&name, n)).await?;
+        let differing: Vec<u32> = (0..n)
+            .filter(|&b| theirs.buckets.get(b as usize) != ours.get(b as usize))
+            .collect();
+        if !repair || differing.is_empty() {
+            return Ok((differing.len(), Vec::new()));
+        }
+        let mut repaired = Vec::new();
+        for chunk in differing.chunks(BUCKETS_PER_REQUEST) {
+            let answer = self
+                .authed(|http, token| async move { http.bucket_records(&token, collection, n, chunk).await })
+                .await?;
+            let wanted: BTreeSet<u32> = chunk.iter().copied().collect();
+            let theirs: BTreeMap<&str, u128> = answer
+                .records
+                .iter()
+                .map(|view| (view.id.as_str(), view_hash(view)))
+                .collect();
+            let mut replaced = Vec::new();
+            for view in &answer.records {
+                if hashes.get(&view.id).copied().unwrap_or(0) != view_hash(view) {
+                    replaced.push((view.collection.clone(), view.id.clone()));
+                }
+            }
+            let dropped: Vec<(String, String)> = hashes
+                .keys()
+                .filter(|id| {
+                    wanted.contains(&nextsync_core::digest::bucket_of(collection, id, n))
+                        && !theirs.contains_key(id.as_str())
+                })
+                .map(|id| (collection.to_owned(), id.clone()))
+                .collect();
+            let stale = replaced.clone();
+            self.local(move |r| r.mark_stale(&stale)).await?;
+            // Through the pull path: decrypted when the account is encrypted, views
+            // recomputed over unsent writes, subscribers told.
+            self.apply_pulled(answer.records, None, false).await?;
+            let gone = dropped.clone();
+            let changes = self.local(move |r| r.forget(&gone)).await?;
+            self.emit(changes);
+            repaired.extend(replaced.into_iter().map(|(collection, id)| Repaired {
+                collection,
+                id,
+                action: "replaced",
+            }));
+            repaired.extend(dropped.into_iter().map(|(collection, id)| Repaired {
+                collection,
+                id,
+                action: "dropped",
+            }));
+        }
+        Ok((differing.len(), repaired))
+    }
+}
