@@ -972,6 +972,188 @@ async function showSettings(content) {
     toggle("sync_settings", t("syncSettingsLabel"), t("syncSettingsHint")),
     toggle("sync_secrets", t("syncSecretsLabel"), t("syncSecretsHint")),
     notice));
+  content.append(healthPanel());
+}
+
+// ---------------------------------------------------------------------------------------
+// Sync health: the records this page holds against the server's digests
+// (crates/core/src/digest.rs: the same hash, computed here with Web Crypto), repairing
+// only the buckets that differ.
+
+const encoder = new TextEncoder();
+
+function u64le(n) {
+  const bytes = new Uint8Array(8);
+  new DataView(bytes.buffer).setBigUint64(0, BigInt(n), true);
+  return bytes;
+}
+
+function concat(chunks) {
+  const out = new Uint8Array(chunks.reduce((n, c) => n + c.length, 0));
+  let at = 0;
+  for (const c of chunks) {
+    out.set(c, at);
+    at += c.length;
+  }
+  return out;
+}
+
+function compareBytes(a, b) {
+  for (let i = 0; i < Math.min(a.length, b.length); i++) if (a[i] !== b[i]) return a[i] - b[i];
+  return a.length - b.length;
+}
+
+async function sha256(bytes) {
+  return new Uint8Array(await crypto.subtle.digest("SHA-256", bytes));
+}
+
+/** 16 bytes (a little-endian u128), or null for a deleted record. */
+async function recordHash(r) {
+  if (r.deleted) return null;
+  const fields = Object.keys(r.fields).map((name) => [encoder.encode(name), encoder.encode(String(r.stamps?.[name] ?? ""))]);
+  fields.sort((a, b) => compareBytes(a[0], b[0]) || compareBytes(a[1], b[1]));
+  const chunks = [];
+  for (const part of [r.collection, r.id]) {
+    const bytes = encoder.encode(part);
+    chunks.push(u64le(bytes.length), bytes);
+  }
+  chunks.push(u64le(fields.length));
+  for (const [name, stamp] of fields) chunks.push(u64le(name.length), name, u64le(stamp.length), stamp);
+  chunks.push(r.tombstone ? concat([Uint8Array.of(1), encoder.encode(r.tombstone)]) : Uint8Array.of(0));
+  return (await sha256(concat(chunks))).slice(0, 16);
+}
+
+async function bucketOf(collection, id, buckets) {
+  const c = encoder.encode(collection);
+  const digest = await sha256(concat([u64le(c.length), c, encoder.encode(id)]));
+  return new DataView(digest.buffer).getUint32(0, true) % buckets;
+}
+
+/** The digest's text form: the u128 as 32 hex digits. */
+function digestHex(bytes) {
+  return [...bytes].reverse().map((b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+function bucketsFor(records) {
+  let n = 1;
+  while (n * 64 < records && n < 4096) n *= 2;
+  return n;
+}
+
+/** Per collection: digest and live count of the records this page holds. */
+async function pageDigests(filter = () => true) {
+  const out = new Map();
+  for (const r of records.values()) {
+    if (!filter(r)) continue;
+    const hash = await recordHash(r);
+    if (!hash) continue;
+    if (!out.has(r.collection)) out.set(r.collection, { digest: new Uint8Array(16), records: 0 });
+    const entry = out.get(r.collection);
+    for (let i = 0; i < 16; i++) entry.digest[i] ^= hash[i];
+    entry.records += 1;
+  }
+  return out;
+}
+
+/** The server's digests once this page's feed stands where they hold. */
+async function digestsAtPageCursor() {
+  for (let attempt = 0; attempt < 10; attempt++) {
+    const server = await request("GET", "v1/sync/digest");
+    if (server.cursor === session.cursor || (!session.cursor && server.collections.length === 0)) return server;
+    await new Promise((resolve) => setTimeout(resolve, 300));
+  }
+  throw new Error(t("healthBusy"));
+}
+
+/** Compares, repairs the buckets that differ, and says what it did. */
+async function verifyPage() {
+  const server = await digestsAtPageCursor();
+  const local = await pageDigests();
+  const names = new Set([...server.collections.map((c) => c.collection), ...local.keys()]);
+  const differing = [];
+  for (const name of names) {
+    const theirs = server.collections.find((c) => c.collection === name);
+    const ours = local.get(name);
+    const same = (theirs?.records ?? 0) === (ours?.records ?? 0)
+      && (theirs?.digest ?? "0".repeat(32)) === (ours ? digestHex(ours.digest) : "0".repeat(32));
+    if (!same) differing.push({ name, records: Math.max(theirs?.records ?? 0, ours?.records ?? 0) });
+  }
+  const repaired = [];
+  for (const { name, records: count } of differing) {
+    const n = bucketsFor(count);
+    const theirs = await request("GET", `v1/sync/digest/${encodeURIComponent(name)}?buckets=${n}`);
+    const ours = Array.from({ length: n }, () => new Uint8Array(16));
+    const bucketOfRecord = new Map();
+    for (const r of records.values()) {
+      if (r.collection !== name) continue;
+      const bucket = await bucketOf(name, r.id, n);
+      bucketOfRecord.set(r.id, bucket);
+      const hash = await recordHash(r);
+      if (hash) for (let i = 0; i < 16; i++) ours[bucket][i] ^= hash[i];
+    }
+    const wanted = theirs.buckets.map((d, b) => (d === digestHex(ours[b]) ? null : b)).filter((b) => b !== null);
+    for (let i = 0; i < wanted.length; i += 256) {
+      const chunk = wanted.slice(i, i + 256);
+      const answer = await request("GET",
+        `v1/sync/digest/${encodeURIComponent(name)}/records?buckets=${n}&bucket=${chunk.join(",")}`);
+      const sent = new Set(answer.records.map((r) => r.id));
+      for (const r of answer.records) {
+        const key = `${r.collection}/${r.id}`;
+        const mine = records.get(key);
+        const before = mine ? digestHex((await recordHash(mine)) ?? new Uint8Array(16)) : null;
+        const after = r.deleted ? null : digestHex(await recordHash(r));
+        if (before !== after) repaired.push(key);
+        if (r.deleted) records.delete(key);
+        else records.set(key, r);
+      }
+      for (const [id, bucket] of bucketOfRecord) {
+        if (chunk.includes(bucket) && !sent.has(id)) {
+          records.delete(`${name}/${id}`);
+          repaired.push(`${name}/${id}`);
+        }
+      }
+    }
+  }
+  if (repaired.length) onChanges?.([]);
+  return { collections: names.size, differing: differing.map((d) => d.name), repaired, at: Date.now() };
+}
+
+function healthPanel() {
+  const result = h("p", { id: "health-result", role: "status" });
+  const details = h("ul", { class: "plain", id: "health-details" });
+  const error = errorLine();
+  const show = (health) => {
+    if (!health) {
+      result.textContent = t("healthNever");
+      return;
+    }
+    result.textContent = health.repaired.length
+      ? t(health.repaired.length === 1 ? "healthRepairedOne" : "healthRepaired", { count: health.repaired.length, collections: health.differing.join(", "), when: when(health.at) })
+      : t("healthOk", { count: health.collections, when: when(health.at) });
+    details.replaceChildren(...health.repaired.slice(0, 50).map((key) => h("li", {}, key)));
+  };
+  const button = h("button", {
+    type: "button", id: "verify-now",
+    onclick: async () => {
+      error.textContent = "";
+      button.disabled = true;
+      try {
+        session.health = await verifyPage();
+        show(session.health);
+      } catch (err) {
+        error.textContent = err.message;
+      } finally {
+        button.disabled = false;
+      }
+    },
+  }, t("verifyNow"));
+  show(session.health);
+  return h("section", { class: "card" },
+    h("h2", {}, t("healthTitle")),
+    h("p", { class: "hint" }, t("healthHint")),
+    result, details,
+    h("div", { class: "row" }, button),
+    error);
 }
 
 // ---------------------------------------------------------------------------------------

@@ -71,6 +71,12 @@ const en = {
   restoreConfirm: "Restore ({count} records)", restoreDone: "Restored to {when} on every device.",
   beyondRetention: "The history kept does not reach back that far.",
   beingWritten: "being written on {device}…",
+  healthTitle: "Sync health", healthHint: "Checks that what this page holds is exactly what the server holds, record by record (by their digests), and fetches again only what differs.",
+  verifyNow: "Verify now", healthNever: "Not verified yet.",
+  healthOk: "All {count} collections match the server (verified {when}).",
+  healthRepaired: "Repaired {count} records in {collections}; everything matches now (verified {when}).",
+  healthRepairedOne: "Repaired 1 record in {collections}; everything matches now (verified {when}).",
+  healthBusy: "The account kept changing while it was checked; try again.",
 };
 
 const zh = {
@@ -143,6 +149,12 @@ const zh = {
   restoreConfirm: "恢复（{count} 条记录）", restoreDone: "已在所有设备上恢复到 {when}。",
   beyondRetention: "保留的历史记录到不了那么早。",
   beingWritten: "正在 {device} 上生成…",
+  healthTitle: "同步健康", healthHint: "逐条（按摘要）检查本页面持有的内容与服务器完全一致，只重新获取不同的部分。",
+  verifyNow: "立即校验", healthNever: "尚未校验。",
+  healthOk: "全部 {count} 个集合与服务器一致（校验于 {when}）。",
+  healthRepaired: "已修复 {collections} 中的 {count} 条记录；现在全部一致（校验于 {when}）。",
+  healthRepairedOne: "已修复 {collections} 中的 1 条记录；现在全部一致（校验于 {when}）。",
+  healthBusy: "校验期间账户一直在变化；请重试。",
 };
 
 const dictionaries = { en, zh };
