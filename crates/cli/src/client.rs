@@ -529,6 +529,12 @@ async fn status(client: &Client, json: bool) -> anyhow::Result<()> {
         }
     }
     println!("last sync: {}", status.last_sync.as_deref().unwrap_or("never"));
+    if let Some(at) = &status.last_verified {
+        println!(
+            "last verified against the server: {at} ({} records repaired)",
+            status.last_repaired
+        );
+    }
     match status.encryption {
         Encryption::Off => {}
         Encryption::On => println!("end-to-end encryption: on"),

@@ -88,6 +88,10 @@ pub struct Options {
     /// The passphrase's Argon2id cost when this client enables encryption or changes the
     /// passphrase (unlocking uses the cost stored with the keyring).
     pub kdf: KdfParams,
+    /// How often the live loop checks the replica against the server's digests after it
+    /// caught up (and repairs what differs); `None`: only on demand ([`Client::verify`]);
+    /// zero: after every catch-up.
+    pub verify_every: Option<Duration>,
 }
 
 impl Default for Options {
@@ -98,6 +102,7 @@ impl Default for Options {
             socket_retry: Duration::from_secs(300),
             renew_before: Duration::from_secs(60),
             kdf: KdfParams::default(),
+            verify_every: Some(Duration::from_secs(6 * 3600)),
         }
     }
 }
@@ -163,6 +168,10 @@ pub struct Status {
     pub records: u64,
     /// When a push and pull last both completed (RFC 3339).
     pub last_sync: Option<String>,
+    /// When the replica was last checked against the server's digests (RFC 3339), and how
+    /// many records that check repaired.
+    pub last_verified: Option<String>,
+    pub last_repaired: u64,
     pub encryption: Encryption,
 }
 
@@ -369,6 +378,7 @@ impl Client {
     pub async fn status(&self) -> Result<Status, Error> {
         let counts = self.local(|r| r.counts()).await?;
         let last_sync = self.local(|r| r.meta("last_sync")).await?;
+        let last_health = self.last_health().await?;
         let session = self.session();
         Ok(Status {
             signed_in: session.as_ref().is_some_and(|s| s.refresh_token.is_some()),
@@ -383,6 +393,8 @@ impl Client {
             last_sync: last_sync
                 .and_then(|ms| ms.parse::<i64>().ok())
                 .map(|ms| Timestamp::from_millis(ms).to_rfc3339()),
+            last_verified: last_health.as_ref().map(|h| h.verified_at.clone()),
+            last_repaired: last_health.map_or(0, |h| h.repaired.len() as u64),
             encryption: self.encryption(),
         })
     }

@@ -142,6 +142,18 @@ async fn run(client: Client, mut stop: watch::Receiver<bool>) {
             }
         }
 
+        // Caught up: the moment to check the replica against the server's digests, now and
+        // then (a repair fetches only what differs; a failure waits for the next time).
+        if client.verification_due().await {
+            let checked = tokio::select! {
+                result = client.verify(true) => result,
+                _ = stop.changed() => return,
+            };
+            if let Err(e) = checked {
+                tracing::debug!("checking the replica failed: {e}");
+            }
+        }
+
         let outcome = if Instant::now() >= socket_after {
             client.set_connection(Connection::Connecting);
             follow_socket(&client, &mut stop).await

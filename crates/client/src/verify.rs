@@ -12,7 +12,7 @@ use crate::error::Error;
 use nextsync_core::api::DigestResponse;
 use nextsync_core::cursor::Cursor;
 use nextsync_core::digest::{Digest, buckets_for, view_hash};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Buckets asked for in one records request.
@@ -21,8 +21,10 @@ const BUCKETS_PER_REQUEST: usize = 256;
 const ATTEMPTS: usize = 5;
 
 /// What a check found (and, with repair, fixed).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Health {
+    /// When the check ran (RFC 3339).
+    pub verified_at: String,
     /// The feed position both sides were compared at.
     pub cursor: String,
     pub collections: Vec<CollectionHealth>,
@@ -32,7 +34,7 @@ pub struct Health {
     pub ok: bool,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct CollectionHealth {
     pub collection: String,
     pub server_records: u64,
@@ -42,13 +44,13 @@ pub struct CollectionHealth {
     pub differing_buckets: usize,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Repaired {
     pub collection: String,
     pub id: String,
     /// `replaced`: the server's copy replaced this one (or filled a gap); `dropped`: the
     /// server has no such record.
-    pub action: &'static str,
+    pub action: String,
 }
 
 impl Client {
@@ -99,12 +101,56 @@ impl Client {
                     .keys()
                     .all(|name| again.collections.iter().any(|c| &c.collection == name));
         }
-        Ok(Health {
+        let health = Health {
+            verified_at: nextsync_core::time::Timestamp::now().to_rfc3339(),
             cursor: server.cursor,
             collections,
             repaired,
             ok,
-        })
+        };
+        let kept = serde_json::to_string(&health)?;
+        self.local(move |r| r.set_meta(&[("last_health", Some(&kept))]))
+            .await?;
+        if !health.repaired.is_empty() {
+            tracing::warn!(
+                repaired = health.repaired.len(),
+                "the replica differed from the server; the differing records were fetched again"
+            );
+        }
+        Ok(health)
+    }
+
+    /// The last check's result, kept in the replica.
+    pub async fn last_health(&self) -> Result<Option<Health>, Error> {
+        let kept = self.local(|r| r.meta("last_health")).await?;
+        Ok(kept.and_then(|text| serde_json::from_str(&text).ok()))
+    }
+
+    /// Whether the live loop should check the replica now ([`crate::Options::verify_every`]):
+    /// that long after the last attempt. The clock starts at the first catch-up (a replica
+    /// that just pulled everything has nothing to check), except with a zero interval, which
+    /// checks after every catch-up. An attempt counts whether or not it succeeded, so a
+    /// server that cannot answer is not asked at every reconnect.
+    pub(crate) async fn verification_due(&self) -> bool {
+        let Some(every) = self.options().verify_every else {
+            return false;
+        };
+        let now = crate::system_ms();
+        let last = match self.local(|r| r.meta("last_verified_ms")).await {
+            Ok(last) => last.and_then(|ms| ms.parse::<u64>().ok()),
+            Err(_) => return false,
+        };
+        let due = match last {
+            Some(ms) => now.saturating_sub(ms) >= u64::try_from(every.as_millis()).unwrap_or(u64::MAX),
+            None => every.is_zero(),
+        };
+        if due || last.is_none() {
+            let at = now.to_string();
+            let _ = self
+                .local(move |r| r.set_meta(&[("last_verified_ms", Some(&at))]))
+                .await;
+        }
+        due
     }
 
     /// Pulls to the head and reads the server's digests; again while the feed moved between
@@ -188,12 +234,12 @@ impl Client {
             repaired.extend(replaced.into_iter().map(|(collection, id)| Repaired {
                 collection,
                 id,
-                action: "replaced",
+                action: "replaced".into(),
             }));
             repaired.extend(dropped.into_iter().map(|(collection, id)| Repaired {
                 collection,
                 id,
-                action: "dropped",
+                action: "dropped".into(),
             }));
         }
         Ok((differing.len(), repaired))

@@ -719,3 +719,42 @@ async fn verify_finds_a_damaged_replica_and_repair_fetches_only_what_differs() {
     );
     assert!(phone.client.verify(false).await.expect("verify").ok);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_live_loop_checks_and_repairs_the_replica_after_catching_up() {
+    let db = TestDb::sqlite();
+    let server = TestServer::start(db.config()).await;
+    Api::new(&server).register("auto@example.org").await;
+    let laptop = Device::login(&server.base_url, "auto@example.org", "laptop").await;
+    laptop
+        .client
+        .put("sessions", "s1", fields(json!({"title": "Kept"})))
+        .await
+        .expect("put");
+    laptop.client.sync().await.expect("sync");
+    let options = Options {
+        verify_every: Some(Duration::ZERO),
+        ..Options::default()
+    };
+    let phone = Device::login_with(&server.base_url, "auto@example.org", "phone", options).await;
+    phone.client.sync().await.expect("sync");
+    assert_eq!(phone.client.status().await.expect("status").last_verified, None);
+    // The phone loses s1 from its copy of the server's state (a bug, a bad disk).
+    let damage = rusqlite::Connection::open(phone._dir.path().join("replica.sqlite3")).expect("open");
+    damage
+        .execute("DELETE FROM base WHERE collection = 'sessions' AND id = 's1'", [])
+        .expect("damage");
+    drop(damage);
+    let live = phone.client.start();
+    let repaired = eventually(Duration::from_secs(10), || async {
+        let status = phone.client.status().await.expect("status");
+        (status.last_verified.is_some()).then_some(status.last_repaired)
+    })
+    .await
+    .expect("the live loop checked the replica");
+    assert_eq!(repaired, 1);
+    let health = phone.client.last_health().await.expect("health").expect("kept");
+    assert!(health.ok);
+    assert_eq!(health.repaired[0].id, "s1");
+    live.stop().await;
+}
