@@ -3,6 +3,7 @@
 //! every scenario is measured in several interleaved rounds and reported as a median, next to
 //! a baseline measured in the same run.
 
+mod health;
 mod history;
 mod nextchat;
 mod prefetch;
@@ -83,6 +84,12 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// What sync health costs: digests on the write path (a user with them beside one
+    /// without), reading them, and an SDK check and repair of a replica (SQLite).
+    Health {
+        #[arg(long, default_value_t = 20_000)]
+        records: usize,
+    },
     /// What record history (trash, point-in-time restore) costs on disk per write, and the
     /// apply rate with it, for messages created, edited and deleted (SQLite).
     History {
@@ -126,6 +133,7 @@ fn main() -> anyhow::Result<()> {
                 )
                 .await
             }
+            Bench::Health { records } => health::bench_health(records.clamp(1000, 500_000)).await,
             Bench::History { records, edits } => {
                 history::bench_history(records.clamp(100, 200_000), edits.clamp(0, 20)).await
             }
