@@ -20,17 +20,6 @@ fn stamp(counter: u32) -> String {
     )
 }
 
-async fn push(api: &Api, session: &Session, mutations: Vec<Value>) {
-    let (status, body) = api
-        .post(
-            "/v1/sync/push",
-            session.token(),
-            json!({ "mutations": mutations }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
 fn upsert(collection: &str, id: &str, counter: u32) -> Value {
     json!({"mutation_id": format!("{collection}-{id}-{counter}"), "collection": collection, "id": id,
         "op": "upsert", "fields": {"text": format!("{id} {counter}"), "n": counter}, "hlc": stamp(counter)})
@@ -48,14 +37,12 @@ async fn the_digests_match_what_the_feed_delivered(db: TestDb) {
     let bo = api.register("bo@example.org").await;
     let mut mutations: Vec<Value> = (0..50).map(|i| upsert("messages", &format!("m{i}"), i)).collect();
     mutations.extend((0..5).map(|i| upsert("sessions", &format!("s{i}"), 100 + i)));
-    push(&api, &ann, mutations).await;
-    push(
-        &api,
-        &ann,
+    api.push(&ann, mutations).await;
+    api.push(&ann,
         vec![json!({"mutation_id": "d1", "collection": "messages", "id": "m3", "op": "delete", "hlc": stamp(200)})],
     )
     .await;
-    push(&api, &bo, vec![upsert("messages", "m1", 1)]).await;
+    api.push(&bo, vec![upsert("messages", "m1", 1)]).await;
 
     let pulled: PullResponse = get(&api, &ann, "/v1/sync/pull?limit=1000").await;
     let mut from_feed: BTreeMap<String, (Digest, u64)> = BTreeMap::new();

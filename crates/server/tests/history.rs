@@ -32,17 +32,6 @@ fn delete(collection: &str, id: &str, counter: u32) -> Value {
         "op": "delete", "hlc": stamp(counter)})
 }
 
-async fn push(api: &Api, session: &Session, mutations: Vec<Value>) {
-    let (status, body) = api
-        .post(
-            "/v1/sync/push",
-            session.token(),
-            json!({ "mutations": mutations }),
-        )
-        .await;
-    assert_eq!(status, StatusCode::OK, "{body}");
-}
-
 /// Every record the device has, pulled from the start: `collection/id` → fields, live only.
 async fn live_records(api: &Api, session: &Session) -> BTreeMap<String, Value> {
     let mut records = BTreeMap::new();
@@ -92,8 +81,7 @@ async fn a_deleted_conversation_waits_in_the_trash_and_comes_back_on_every_devic
     let (_server, api) = start(&db).await;
     let laptop = api.register("ann@example.org").await;
     let phone = api.login("ann@example.org", nextsync_testkit::PASSWORD).await;
-    push(
-        &api,
+    api.push(
         &laptop,
         vec![
             upsert("sessions", "s1", 1, json!({"topic": "Rust"})),
@@ -109,8 +97,7 @@ async fn a_deleted_conversation_waits_in_the_trash_and_comes_back_on_every_devic
     )
     .await;
     // The conversation and its messages in one write; s2 alone through the records API.
-    push(
-        &api,
+    api.push(
         &laptop,
         vec![
             delete("sessions", "s1", 5),
@@ -200,8 +187,7 @@ async fn a_deleted_conversation_waits_in_the_trash_and_comes_back_on_every_devic
 async fn purged_records_are_gone_for_good(db: TestDb) {
     let (_server, api) = start(&db).await;
     let ann = api.register("ann@example.org").await;
-    push(
-        &api,
+    api.push(
         &ann,
         vec![
             upsert("prompts", "p1", 1, json!({"title": "a"})),
@@ -210,8 +196,7 @@ async fn purged_records_are_gone_for_good(db: TestDb) {
         ],
     )
     .await;
-    push(
-        &api,
+    api.push(
         &ann,
         vec![
             delete("prompts", "p1", 4),
@@ -262,8 +247,7 @@ async fn a_restore_to_a_moment_undoes_every_change_since(db: TestDb) {
     let (_server, api) = start(&db).await;
     let laptop = api.register("ann@example.org").await;
     let phone = api.login("ann@example.org", nextsync_testkit::PASSWORD).await;
-    push(
-        &api,
+    api.push(
         &laptop,
         vec![
             upsert(
@@ -282,8 +266,7 @@ async fn a_restore_to_a_moment_undoes_every_change_since(db: TestDb) {
     tokio::time::sleep(Duration::from_millis(20)).await;
     let moment = now();
     tokio::time::sleep(Duration::from_millis(20)).await;
-    push(
-        &api,
+    api.push(
         &laptop,
         vec![
             upsert("messages", "edited", 5, json!({"content": "rewritten"})),
@@ -294,8 +277,7 @@ async fn a_restore_to_a_moment_undoes_every_change_since(db: TestDb) {
     )
     .await;
     // The end-to-end encryption keyring is never rewound unless asked for by name.
-    push(
-        &api,
+    api.push(
         &laptop,
         vec![upsert("nextsync-keys", "keyring", 9, json!({"wrapped": "k"}))],
     )
@@ -413,13 +395,12 @@ async fn one_accounts_trash_is_invisible_to_another(db: TestDb) {
     let (_server, api) = start(&db).await;
     let ann = api.register("ann@example.org").await;
     let bo = api.register("bo@example.org").await;
-    push(
-        &api,
+    api.push(
         &ann,
         vec![upsert("messages", "m1", 1, json!({"content": "ann's"}))],
     )
     .await;
-    push(&api, &ann, vec![delete("messages", "m1", 2)]).await;
+    api.push(&ann, vec![delete("messages", "m1", 2)]).await;
     let (_, trash) = api.get("/v1/trash", bo.token()).await;
     assert!(keys(&trash["items"]).is_empty());
     let (status, _) = api

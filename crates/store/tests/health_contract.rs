@@ -1,18 +1,15 @@
 //! The sync-health part of the store contract (digests, buckets, the invariant check), on
 //! SQLite and PostgreSQL.
 
-use nextsync_core::account::Email;
 use nextsync_core::digest::{Digest, bucket_of, stored_hash};
 use nextsync_core::hlc::Hlc;
 use nextsync_core::ids::UserId;
 use nextsync_core::push::{Mutation, RecordKey};
-use nextsync_core::secret::Secret;
 use nextsync_core::sync::Op;
 use nextsync_core::time::Timestamp;
 use nextsync_store::Store;
-use nextsync_store::accounts::NewUser;
 use nextsync_store::nextchat::UploadExtras;
-use nextsync_testkit::{TestDb, both_backends};
+use nextsync_testkit::{TestDb, both_backends, store_user};
 use serde_json::json;
 use std::collections::BTreeMap;
 
@@ -21,17 +18,6 @@ both_backends!(
     buckets_split_a_collection_and_return_its_records,
     the_invariant_check_passes_and_finds_planted_damage,
 );
-
-async fn user(store: &dyn Store, email: &str) -> UserId {
-    let user = NewUser {
-        id: UserId::new(),
-        email: Email::parse(email).expect("email"),
-        password_hash: Secret::new("$argon2id$fake"),
-        created_at: Timestamp::now(),
-    };
-    store.create_user(&user, None).await.expect("create user");
-    user.id
-}
 
 fn write(collection: &str, id: &str, ms: u64, op: Op) -> Mutation {
     Mutation {
@@ -94,8 +80,8 @@ async fn kept(store: &dyn Store, u: UserId) -> BTreeMap<String, (Digest, u64)> {
 
 async fn digests_follow_every_write_once_they_exist(db: TestDb) {
     let store = db.store().await;
-    let u = user(&*store, "ann@example.org").await;
-    let other = user(&*store, "bo@example.org").await;
+    let u = store_user(&*store, "ann@example.org").await;
+    let other = store_user(&*store, "bo@example.org").await;
     let mut keys = Vec::new();
     let mut batch = Vec::new();
     for i in 0..30 {
@@ -167,7 +153,7 @@ async fn digests_follow_every_write_once_they_exist(db: TestDb) {
 
 async fn buckets_split_a_collection_and_return_its_records(db: TestDb) {
     let store = db.store().await;
-    let u = user(&*store, "ann@example.org").await;
+    let u = store_user(&*store, "ann@example.org").await;
     let batch: Vec<Mutation> = (0..200)
         .map(|i| set("messages", &format!("m{i}"), i + 1))
         .collect();
@@ -215,7 +201,7 @@ async fn buckets_split_a_collection_and_return_its_records(db: TestDb) {
 
 async fn the_invariant_check_passes_and_finds_planted_damage(db: TestDb) {
     let store = db.store().await;
-    let u = user(&*store, "ann@example.org").await;
+    let u = store_user(&*store, "ann@example.org").await;
     let batch: Vec<Mutation> = (0..20)
         .map(|i| set("messages", &format!("m{i}"), i + 1))
         .collect();

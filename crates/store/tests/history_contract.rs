@@ -1,18 +1,15 @@
 //! The history part of the store contract (trash, rewind, purge, pruning), on SQLite and
 //! PostgreSQL. Applies are given their own clock (`now`), so moments are exact.
 
-use nextsync_core::account::Email;
 use nextsync_core::history::Visible;
 use nextsync_core::hlc::Hlc;
 use nextsync_core::ids::{Seq, UserId};
 use nextsync_core::push::{Mutation, RecordKey};
-use nextsync_core::secret::Secret;
 use nextsync_core::sync::Op;
 use nextsync_core::time::Timestamp;
 use nextsync_store::Store;
-use nextsync_store::accounts::NewUser;
 use nextsync_store::history::Scope;
-use nextsync_testkit::{TestDb, both_backends};
+use nextsync_testkit::{TestDb, both_backends, store_user};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 
@@ -23,17 +20,6 @@ both_backends!(
     purging_forgets_a_record_for_good,
     pruning_keeps_the_trash_copy_longer_than_the_rest,
 );
-
-async fn user(store: &dyn Store, email: &str) -> UserId {
-    let user = NewUser {
-        id: UserId::new(),
-        email: Email::parse(email).expect("email"),
-        password_hash: Secret::new("$argon2id$fake"),
-        created_at: Timestamp::now(),
-    };
-    store.create_user(&user, None).await.expect("create user");
-    user.id
-}
 
 fn key(collection: &str, id: &str) -> RecordKey {
     RecordKey {
@@ -96,7 +82,7 @@ async fn rewound(store: &dyn Store, user: UserId, moment: i64) -> BTreeMap<Strin
 
 async fn every_visible_change_rewinds_to_each_earlier_moment(db: TestDb) {
     let store = db.store().await;
-    let u = user(&*store, "ann@example.org").await;
+    let u = store_user(&*store, "ann@example.org").await;
     apply(
         &*store,
         u,
@@ -153,7 +139,7 @@ async fn every_visible_change_rewinds_to_each_earlier_moment(db: TestDb) {
         .expect("rewind one");
     assert_eq!(one.len(), 1);
     assert_eq!(one[0].key, key("messages", "b"));
-    let other = user(&*store, "bo@example.org").await;
+    let other = store_user(&*store, "bo@example.org").await;
     assert!(rewound(&*store, other, 0).await.is_empty());
 }
 
@@ -175,7 +161,7 @@ impl Lcg {
 /// moment must give exactly what a reader saw then.
 async fn a_random_history_rewinds_to_what_readers_saw(db: TestDb) {
     let store = db.store().await;
-    let u = user(&*store, "ann@example.org").await;
+    let u = store_user(&*store, "ann@example.org").await;
     let mut rng = Lcg(7);
     let ids = ["a", "b", "c", "d"];
     let mut seen: Vec<(i64, BTreeMap<&str, Visible>)> = Vec::new();
@@ -218,8 +204,8 @@ async fn a_random_history_rewinds_to_what_readers_saw(db: TestDb) {
 
 async fn the_trash_holds_deleted_records_until_they_come_back(db: TestDb) {
     let store = db.store().await;
-    let u = user(&*store, "ann@example.org").await;
-    let other = user(&*store, "bo@example.org").await;
+    let u = store_user(&*store, "ann@example.org").await;
+    let other = store_user(&*store, "bo@example.org").await;
     let mut batch = Vec::new();
     for (i, id) in ["a", "b", "c", "d"].iter().enumerate() {
         batch.push(set(id, i as u64 + 1, json!({"text": format!("{id}!")})));
@@ -324,8 +310,8 @@ async fn the_trash_holds_deleted_records_until_they_come_back(db: TestDb) {
 
 async fn purging_forgets_a_record_for_good(db: TestDb) {
     let store = db.store().await;
-    let u = user(&*store, "ann@example.org").await;
-    let other = user(&*store, "bo@example.org").await;
+    let u = store_user(&*store, "ann@example.org").await;
+    let other = store_user(&*store, "bo@example.org").await;
     apply(
         &*store,
         u,
@@ -380,7 +366,7 @@ async fn purging_forgets_a_record_for_good(db: TestDb) {
 
 async fn pruning_keeps_the_trash_copy_longer_than_the_rest(db: TestDb) {
     let store = db.store().await;
-    let u = user(&*store, "ann@example.org").await;
+    let u = store_user(&*store, "ann@example.org").await;
     // a: created, changed, deleted (in the trash). b: deleted, then revived. c: created late.
     apply(
         &*store,

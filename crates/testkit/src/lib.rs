@@ -483,6 +483,32 @@ impl Api {
     }
 }
 
+/// A user made straight in `store` (no Argon2, no HTTP), for store-level tests.
+pub async fn store_user(store: &dyn Store, email: &str) -> nextsync_core::ids::UserId {
+    let user = nextsync_store::accounts::NewUser {
+        id: nextsync_core::ids::UserId::new(),
+        email: nextsync_core::account::Email::parse(email).expect("email"),
+        password_hash: nextsync_core::secret::Secret::new("$argon2id$fake"),
+        created_at: nextsync_core::time::Timestamp::now(),
+    };
+    store.create_user(&user, None).await.expect("create user");
+    user.id
+}
+
+impl Api {
+    /// `POST /v1/sync/push` of `mutations` (JSON values) that must be accepted.
+    pub async fn push(&self, session: &Session, mutations: Vec<serde_json::Value>) {
+        let (status, body) = self
+            .post(
+                "/v1/sync/push",
+                session.token(),
+                serde_json::json!({ "mutations": mutations }),
+            )
+            .await;
+        assert_eq!(status, reqwest::StatusCode::OK, "{body}");
+    }
+}
+
 /// The useful part of a token response.
 #[derive(Debug, Clone)]
 pub struct Session {
