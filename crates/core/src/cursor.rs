@@ -47,4 +47,19 @@ mod tests {
         assert_eq!(Cursor::decode("!!"), None);
         assert_eq!(Cursor::decode(&URL_SAFE_NO_PAD.encode("nocolon")), None);
     }
+
+    proptest::proptest! {
+        /// Whatever a client sends as `since` or a hello's cursor: an answer, never a panic.
+        #[test]
+        fn any_text_decodes_or_is_refused(text in "\\PC{0,64}", raw in proptest::collection::vec(proptest::num::u8::ANY, 0..48)) {
+            let _ = Cursor::decode(&text);
+            let _ = Cursor::decode(&URL_SAFE_NO_PAD.encode(&raw));
+        }
+
+        #[test]
+        fn every_cursor_round_trips(epoch in "[^\\s]{1,40}", seq in proptest::num::u64::ANY) {
+            let cursor = Cursor { epoch, seq: Seq(seq) };
+            proptest::prop_assert_eq!(Cursor::decode(&cursor.encode()), Some(cursor));
+        }
+    }
 }

@@ -272,6 +272,17 @@ mod tests {
     }
 
     proptest! {
+        /// Any text where a stamp belongs (a push's `hlc`, a stored field): parsed or
+        /// refused, never a panic; whatever parses prints back as itself.
+        #[test]
+        fn any_text_parses_or_is_refused(text in "\\PC{0,90}", digits in "[0-9]{10,20}-[0-9]{1,7}-[A-Za-z0-9_-]{0,70}") {
+            for candidate in [text.as_str(), digits.as_str()] {
+                if let Ok(hlc) = candidate.parse::<Hlc>() {
+                    prop_assert_eq!(hlc.to_string().parse::<Hlc>().ok(), Some(hlc));
+                }
+            }
+        }
+
         #[test]
         fn string_order_is_stamp_order(a in stamp(), b in stamp()) {
             prop_assert_eq!(a.cmp(&b), a.to_string().cmp(&b.to_string()));

@@ -1426,4 +1426,55 @@ mod tests {
         all.sort();
         assert_eq!(all, ["one", "two"]);
     }
+
+    /// Any JSON at all.
+    fn arb_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(Value::from),
+            "\\PC{0,12}".prop_map(Value::from),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+                proptest::collection::btree_map("[a-z]{0,8}|id|messages|sessions|masks|prompts", inner, 0..6)
+                    .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Whatever a NextChat door receives as a state: parsed and planned, or refused with
+        /// a reason, never a panic; so too with the five stores present around any content.
+        #[test]
+        fn any_state_is_planned_or_refused(
+            anything in arb_json(),
+            chat in arb_json(),
+            masks in arb_json(),
+            prompts in arb_json(),
+            config in arb_json(),
+        ) {
+            let mut stores = Map::new();
+            stores.insert(CHAT_STORE.into(), chat);
+            stores.insert(MASK_STORE.into(), masks);
+            stores.insert(PROMPT_STORE.into(), prompts);
+            stores.insert(APP_CONFIG.into(), config);
+            stores.insert(ACCESS_CONTROL.into(), json!({}));
+            let shaped = Value::Object(stores);
+            for state in [anything, shaped] {
+                let mut state = state;
+                let _ = take_secrets(&mut state);
+                if let Ok(backup) = Backup::from_value(state) {
+                    let _ = plan_upload(backup, &Current::default(), UploadOptions::default());
+                }
+            }
+        }
+    }
 }
