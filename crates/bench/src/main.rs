@@ -5,6 +5,7 @@
 
 mod health;
 mod history;
+mod hostile;
 mod nextchat;
 mod prefetch;
 mod realtime;
@@ -84,6 +85,15 @@ enum Bench {
         #[arg(long, default_value_t = 5)]
         rounds: usize,
     },
+    /// Hostile input (issue 14) for longer than the test suite runs it, against the release
+    /// `nextsync` binary: no answer ≥ 500, refused writes write nothing, and the server's
+    /// memory back within 20 % of its baseline afterwards.
+    Fuzz {
+        #[arg(long, default_value_t = 20_000)]
+        requests: u64,
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+    },
     /// What sync health costs: digests on the write path (a user with them beside one
     /// without), reading them, and an SDK check and repair of a replica (SQLite).
     Health {
@@ -132,6 +142,9 @@ fn main() -> anyhow::Result<()> {
                     postgres,
                 )
                 .await
+            }
+            Bench::Fuzz { requests, seed } => {
+                hostile::bench_fuzz(requests.clamp(100, 10_000_000), seed).await
             }
             Bench::Health { records } => health::bench_health(records.clamp(1000, 500_000)).await,
             Bench::History { records, edits } => {

@@ -8,7 +8,9 @@
 //! - [`both_backends!`]: runs one async test body on SQLite and on PostgreSQL.
 //! - [`ws`]: a WebSocket client for the live feed.
 //! - [`smtp`]: a real SMTP server that keeps what it receives.
+//! - [`fuzz`]: seeded hostile requests and socket frames, with what must hold.
 
+pub mod fuzz;
 pub mod smtp;
 
 use nextsync_server::config::RateLimits;
