@@ -26,7 +26,7 @@ impl Rng {
         Self(seed)
     }
 
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -35,7 +35,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
+        self.next_u64() % n.max(1)
     }
 
     pub fn chance(&mut self, percent: u64) -> bool {
@@ -134,7 +134,7 @@ fn valid_push(rng: &mut Rng, n: u64) -> Value {
     let mutations: Vec<Value> = (0..=rng.below(3))
         .map(|i| {
             let op = if rng.chance(20) { "delete" } else { "upsert" };
-            let mut m = json!({"mutation_id": format!("fuzz-{n}-{i}-{}", rng.next()), "collection": *rng.pick(&["messages", "sessions", "prompts"]),
+            let mut m = json!({"mutation_id": format!("fuzz-{n}-{i}-{}", rng.next_u64()), "collection": *rng.pick(&["messages", "sessions", "prompts"]),
                 "id": format!("r{}", rng.below(20)), "op": op, "hlc": stamp(rng)});
             if op == "upsert" {
                 m["fields"] = json!({"content": format!("text {n}"), "n": n});
@@ -170,7 +170,7 @@ fn query_value(rng: &mut Rng) -> String {
         3 => "%00".into(),
         4 => String::new(),
         5 => "1.5".into(),
-        6 => base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("epoch:{}", rng.next())),
+        6 => base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(format!("epoch:{}", rng.next_u64())),
         _ => rng.below(100).to_string(),
     }
 }
@@ -349,7 +349,7 @@ fn plan(rng: &mut Rng, n: u64) -> Planned {
             } else {
                 serde_json::to_vec(&state).expect("json")
             };
-            let upstash_key = format!("{}", segment(rng));
+            let upstash_key = segment(rng);
             let (method, path, auth) = match rng.below(4) {
                 0 => (
                     Method::PUT,
