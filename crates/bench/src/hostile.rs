@@ -18,7 +18,7 @@ pub async fn bench_fuzz(requests: u64, seed: u64) -> anyhow::Result<()> {
     let api = server.api();
     let target = fuzz::target(&api, "fuzz@example.org").await;
     // Warm up (allocator arenas, statement caches, the sign-in's Argon2 block given back).
-    let warm = fuzz::run(&api.http, &target, seed.wrapping_add(1), 500, 5).await;
+    let warm = fuzz::run(&api.http, &target, seed.wrapping_add(1), 3000, 50).await;
     anyhow::ensure!(warm.failures.is_empty(), "warm-up failed: {:?}", warm.failures);
     tokio::time::sleep(Duration::from_secs(7)).await;
     let before = server.rss_kib()?;
