@@ -2,7 +2,9 @@
 //!
 //! [`SyncStore::apply`] is the only way records are written. In one transaction it takes the
 //! user's feed-head lock, reads the touched records and the already-seen mutation ids, runs
-//! the pure [`plan`], and writes the plan. Holding the head lock for the whole transaction
+//! the pure [`plan`], and writes the plan, with an undo entry for each visible change
+//! (`crate::history`) and the change to each collection's digest (`crate::health`), so
+//! both are exactly as current as the records. Holding the head lock for the whole transaction
 //! serializes one user's writers (PostgreSQL: `SELECT … FOR UPDATE`; SQLite: a single writer
 //! with `BEGIN IMMEDIATE`), so seqs commit in order and a reader can never pass a seq that
 //! becomes visible later.
