@@ -554,12 +554,8 @@ impl Replica {
     }
 
     /// One collection's base split into `buckets` (see `nextsync_core::digest::bucket_of`),
-    /// and each base row's hash by id.
-    pub fn base_buckets(
-        &self,
-        collection: &str,
-        buckets: u32,
-    ) -> Result<(Vec<Digest>, BTreeMap<String, u128>), Error> {
+    /// and each base row's bucket and hash by id.
+    pub fn base_buckets(&self, collection: &str, buckets: u32) -> Result<(Vec<Digest>, BaseHashes), Error> {
         let conn = self.lock();
         let mut stmt =
             conn.prepare("SELECT id, fields, tombstone FROM base WHERE collection = ?1 AND stale = 0")?;
@@ -569,8 +565,9 @@ impl Replica {
         while let Some(row) = rows.next()? {
             let id: String = row.get(0)?;
             let hash = base_hash(collection, &id, &row.get::<_, String>(1)?, row.get(2)?)?;
-            digests[bucket_of(collection, &id, buckets) as usize].toggle(hash);
-            hashes.insert(id, hash);
+            let bucket = bucket_of(collection, &id, buckets);
+            digests[bucket as usize].toggle(hash);
+            hashes.insert(id, (bucket, hash));
         }
         Ok((digests, hashes))
     }
@@ -792,6 +789,9 @@ fn base_fields(view: &RecordView) -> Result<(String, Option<Hlc>), Error> {
     }
     Ok((serde_json::to_string(&out)?, newest))
 }
+
+/// A collection's base rows by id: `(bucket, hash)`.
+pub type BaseHashes = BTreeMap<String, (u32, u128)>;
 
 /// The digest hash of a base row (0 when it is a deletion): what the server's digest counts
 /// for the same record, from the stamps the base keeps.

@@ -90,9 +90,10 @@ impl Client {
         }
         let mut ok = collections.iter().all(|c| c.matches);
         if repair && !ok {
-            // Whatever the feed brought meanwhile, the repaired collections must match now.
-            let after = self.local(|r| r.base_digests()).await?;
+            // Compared again at one cursor (reading the digests pulls first, so the local
+            // side is read after it), whatever the feed brought meanwhile.
             let again = self.digests_at_our_cursor().await?;
+            let after = self.local(|r| r.base_digests()).await?;
             ok = again
                 .collections
                 .iter()
@@ -211,17 +212,14 @@ impl Client {
                 .collect();
             let mut replaced = Vec::new();
             for view in &answer.records {
-                if hashes.get(&view.id).copied().unwrap_or(0) != view_hash(view) {
+                if hashes.get(&view.id).map_or(0, |(_, hash)| *hash) != view_hash(view) {
                     replaced.push((view.collection.clone(), view.id.clone()));
                 }
             }
             let dropped: Vec<(String, String)> = hashes
-                .keys()
-                .filter(|id| {
-                    wanted.contains(&nextsync_core::digest::bucket_of(collection, id, n))
-                        && !theirs.contains_key(id.as_str())
-                })
-                .map(|id| (collection.to_owned(), id.clone()))
+                .iter()
+                .filter(|(id, (bucket, _))| wanted.contains(bucket) && !theirs.contains_key(id.as_str()))
+                .map(|(id, _)| (collection.to_owned(), id.clone()))
                 .collect();
             let stale = replaced.clone();
             self.local(move |r| r.mark_stale(&stale)).await?;

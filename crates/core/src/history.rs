@@ -64,8 +64,9 @@ pub struct Undo {
 
 impl Undo {
     /// The undo of a write that took the record from `before` to `after`; `None` when no
-    /// visible value changed.
-    pub fn of(before: &Visible, after: &Visible) -> Option<Self> {
+    /// visible value changed. Takes `before` by value: the values the write replaced move
+    /// into the undo (a delete's are the whole record).
+    pub fn of(before: Visible, after: &Visible) -> Option<Self> {
         match (before, after) {
             (None, None) => None,
             (None, Some(_)) => Some(Self {
@@ -75,19 +76,18 @@ impl Undo {
             }),
             (Some(before), None) => Some(Self {
                 kind: ChangeKind::Deleted,
-                values: before.clone(),
+                values: before,
                 unset: Vec::new(),
             }),
             (Some(before), Some(after)) => {
-                let values: Map<String, Value> = before
-                    .iter()
-                    .filter(|(name, value)| after.get(*name) != Some(*value))
-                    .map(|(name, value)| (name.clone(), value.clone()))
-                    .collect();
                 let unset: Vec<String> = after
                     .keys()
                     .filter(|name| !before.contains_key(*name))
                     .cloned()
+                    .collect();
+                let values: Map<String, Value> = before
+                    .into_iter()
+                    .filter(|(name, value)| after.get(name) != Some(value))
                     .collect();
                 (!values.is_empty() || !unset.is_empty()).then_some(Self {
                     kind: ChangeKind::Changed,
@@ -98,19 +98,22 @@ impl Undo {
         }
     }
 
-    /// The storage encoding of the values and unset names (the kind is its own column).
+    /// The storage encoding of the values and unset names (the kind is its own column):
+    /// `{"v":{…},"u":[…]}`, each left out when empty. Written from borrows: this runs for
+    /// every visible change.
     pub fn encode_body(&self) -> String {
-        let mut body = Map::new();
-        if !self.values.is_empty() {
-            body.insert("v".into(), Value::Object(self.values.clone()));
+        #[derive(Serialize)]
+        struct Body<'a> {
+            #[serde(skip_serializing_if = "Map::is_empty")]
+            v: &'a Map<String, Value>,
+            #[serde(skip_serializing_if = "<[String]>::is_empty")]
+            u: &'a [String],
         }
-        if !self.unset.is_empty() {
-            body.insert(
-                "u".into(),
-                self.unset.iter().cloned().map(Value::String).collect(),
-            );
-        }
-        Value::Object(body).to_string()
+        serde_json::to_string(&Body {
+            v: &self.values,
+            u: &self.unset,
+        })
+        .unwrap_or_else(|_| "{}".to_owned())
     }
 
     pub fn decode(kind: ChangeKind, body: &str) -> Result<Self, String> {
@@ -228,13 +231,13 @@ mod tests {
     fn undo_of_each_kind() {
         let a = state(json!({"title": "a", "n": 1}));
         let b = state(json!({"title": "b", "n": 1, "tag": "x"}));
-        assert_eq!(Undo::of(&None, &None), None);
-        assert_eq!(Undo::of(&a, &a), None);
-        assert_eq!(Undo::of(&None, &a).map(|u| u.kind), Some(ChangeKind::Created));
-        let deleted = Undo::of(&a, &None).expect("a delete is a change");
+        assert_eq!(Undo::of(None, &None), None);
+        assert_eq!(Undo::of(a.clone(), &a), None);
+        assert_eq!(Undo::of(None, &a).map(|u| u.kind), Some(ChangeKind::Created));
+        let deleted = Undo::of(a.clone(), &None).expect("a delete is a change");
         assert_eq!(deleted.kind, ChangeKind::Deleted);
         assert_eq!(Some(deleted.values.clone()), a);
-        let changed = Undo::of(&a, &b).expect("a change");
+        let changed = Undo::of(a.clone(), &b).expect("a change");
         assert_eq!(changed.kind, ChangeKind::Changed);
         assert_eq!(Value::Object(changed.values.clone()), json!({"title": "a"}));
         assert_eq!(changed.unset, vec!["tag".to_owned()]);
@@ -245,7 +248,7 @@ mod tests {
     #[test]
     fn body_round_trips() {
         let undo = Undo::of(
-            &state(json!({"t": "a\"b", "x": null})),
+            state(json!({"t": "a\"b", "x": null})),
             &state(json!({"t": "c", "y": 2})),
         )
         .expect("a change");
@@ -253,7 +256,7 @@ mod tests {
         assert_eq!(back, undo);
         assert_eq!(
             Undo::decode(ChangeKind::Created, "{}").expect("empty body"),
-            Undo::of(&None, &state(json!({"a": 1}))).expect("create")
+            Undo::of(None, &state(json!({"a": 1}))).expect("create")
         );
     }
 
@@ -302,7 +305,7 @@ mod tests {
         fn rewind_recovers_every_earlier_state(states in proptest::collection::vec(arb_state(), 1..8)) {
             let mut undos = Vec::new();
             for pair in states.windows(2) {
-                if let Some(undo) = Undo::of(&pair[0], &pair[1]) {
+                if let Some(undo) = Undo::of(pair[0].clone(), &pair[1]) {
                     undos.push(Some(undo));
                 } else {
                     undos.push(None);

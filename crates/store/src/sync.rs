@@ -252,8 +252,8 @@ pub(crate) async fn run_apply<T: SyncTx>(
         .filter_map(|(key, record)| {
             let undo = match before.remove(key) {
                 // A new (or revived) record needs no values to undo: skip building them.
-                None => Undo::of(&None, &(!record.record.is_deleted()).then(Map::new))?,
-                before => Undo::of(&before, &record.visible_state())?,
+                None => Undo::of(None, &(!record.record.is_deleted()).then(Map::new))?,
+                before => Undo::of(before, &record.visible_state())?,
             };
             Some(HistoryWrite {
                 key,
